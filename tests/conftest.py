@@ -1,0 +1,17 @@
+"""Test-wide setup: CPU only, with 8 fake XLA devices for the sharding tests.
+
+The flags must be set before JAX initialises its backend, hence at import time of the conftest.
+"""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# torchvision (used by the open_clip parity tests) segfaults when it is imported after TensorFlow
+# (clashing bundled native libraries); importing it first is safe in every order that follows.
+try:
+  import torchvision  # noqa: F401
+except ImportError:
+  pass

@@ -1,0 +1,1 @@
+"""videococa: contrastive captioners (CoCa, VideoCoCa) in JAX/Flax, sharded over device meshes."""

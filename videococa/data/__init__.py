@@ -1,0 +1,1 @@
+"""Input: TFDS datasets, tf.data pipelines, tokenizer, video ingestion. The only TensorFlow users."""

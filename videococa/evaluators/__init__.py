@@ -1,0 +1,1 @@
+"""Zero-shot evaluators (classification, retrieval, captioning) and their metrics."""
