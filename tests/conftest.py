@@ -1,13 +1,18 @@
-"""Test-wide setup: CPU only, with 8 fake XLA devices for the sharding tests.
+"""Test-wide setup: CPU only, 8 fake XLA devices for the sharding tests, a persistent compilation
+cache (identical programs compiled in several tests or subprocesses are compiled once).
 
 The flags must be set before JAX initialises its backend, hence at import time of the conftest.
 """
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "videococa_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # torchvision (used by the open_clip parity tests) segfaults when it is imported after TensorFlow
 # (clashing bundled native libraries); importing it first is safe in every order that follows.

@@ -1,0 +1,40 @@
+"""Helpers for config files: `file.py:arg` parsing (big_vision's `parse_arg`, simplified)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `'variant,key=value,flag'` into a ConfigDict over `defaults`.
+
+  The first bare word is the variant (stored as `variant`); other bare words set booleans
+  (`runlocal` -> True); `key=value` pairs are cast to the default's type.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  for i, token in enumerate(t.strip() for t in (arg or "").split(",") if t.strip()):
+    key, sep, value = token.partition("=")
+    if not sep:
+      if i == 0 and "variant" in defaults:
+        result.variant = key
+        continue
+      value = "True"
+    if key not in defaults:
+      raise ValueError(f"Config argument {token!r}: unknown key {key!r}; known: {sorted(defaults)}.")
+    kind = type(defaults[key])
+    result[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+  return result
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` the way `--config=` does (for tests and the main job)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Config file {path} does not exist.")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -1,0 +1,96 @@
+"""Training input: per-process numpy batches -> global sharded arrays, prefetched in a thread.
+
+`config.input.source` picks the per-process batch stream: 'random' (no TensorFlow needed: random
+frames and captions, a pure function of (seed, step, process), so resuming at step s sees the same
+batches) or 'tfds' (the tf.data pipeline in `videococa.data.pipeline`, imported only then).
+Token ids follow the tokenizer's convention: pad 0, bos 2, eos 3.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from videococa import sharding
+
+PAD_ID, BOS_ID, EOS_ID, FIRST_WORD_ID = 0, 2, 3, 4
+
+
+def local_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """This process's share of the global batch; checks it splits evenly over the mesh."""
+  dp = sharding.data_parallel_size(mesh)
+  if global_batch % dp:
+    raise ValueError(f"config.input.batch_size={global_batch} is not divisible by the data-parallel "
+                     f"size {dp} (mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}.")
+  if global_batch % jax.process_count():
+    raise ValueError(f"config.input.batch_size={global_batch} is not divisible by the "
+                     f"{jax.process_count()} processes.")
+  return global_batch // jax.process_count()
+
+
+def random_batch(rng: np.random.Generator, batch: int, num_frames: int, image_size: int,
+                 text_len: int, vocab_size: int) -> dict[str, np.ndarray]:
+  """frames `[batch, num_frames, S, S, 3]` uint8 and text `[batch, text_len]` int32
+  (`[BOS, words..., EOS, PAD...]`, random caption lengths)."""
+  frames = rng.integers(0, 256, (batch, num_frames, image_size, image_size, 3), dtype=np.uint8)
+  text = rng.integers(FIRST_WORD_ID, vocab_size, (batch, text_len), dtype=np.int32)
+  lengths = rng.integers(2, text_len, batch)  # Position of EOS.
+  positions = np.arange(text_len)[None]
+  text[:, 0] = BOS_ID
+  text = np.where(positions == lengths[:, None], EOS_ID, text)
+  text = np.where(positions > lengths[:, None], PAD_ID, text)
+  return dict(frames=frames, text=text.astype(np.int32))
+
+
+def random_batches(config: ml_collections.ConfigDict, local_batch: int, start_step: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless random batches; with `config.input.fixed` the same batch every step (overfit test)."""
+  model = config.model
+  for step in itertools.count(start_step):
+    seed = [config.seed, 0 if config.input.get("fixed", False) else step, jax.process_index()]
+    yield random_batch(np.random.default_rng(seed), local_batch, config.input.num_frames,
+                       model.vision.image_size, model.max_len + 1, model.vocab_size)
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+  """Runs `iterator` in a background thread, `size` items ahead; re-raises its errors."""
+  items: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+
+  def worker():
+    try:
+      for item in iterator:
+        items.put(item)
+      items.put(done)
+    except BaseException as e:  # Forwarded to the consumer.
+      items.put(e)
+
+  threading.Thread(target=worker, daemon=True).start()
+  while True:
+    item = items.get()
+    if item is done:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, start_step: int,
+                        workdir: str) -> Iterator[dict[str, jax.Array]]:
+  """Global training batches from `start_step` on, as arrays sharded over the mesh's batch axes."""
+  local_batch = local_batch_size(config.input.batch_size, mesh)
+  source = config.input.source
+  if source == "random":
+    batches = random_batches(config, local_batch, start_step)
+  elif source == "tfds":
+    from videococa.data import pipeline  # TensorFlow enters here only.
+    batches = pipeline.make_train_iterator(config, local_batch, start_step, workdir)
+  else:
+    raise ValueError(f"config.input.source={source!r}; choose 'random' or 'tfds'.")
+  return prefetch((sharding.put_batch(b, mesh) for b in batches), config.input.get("prefetch", 2))

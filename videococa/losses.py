@@ -1,0 +1,89 @@
+"""CoCa losses: symmetric contrastive (InfoNCE) and chunked captioning cross-entropy."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Symmetric InfoNCE over the global batch.
+
+  `image_emb`, `text_emb`: `[batch, dim]` L2-normalised; pair i is (image i, text i). Under `jax.jit`
+  with batch-sharded inputs the `[batch, batch]` similarity spans the whole global batch (XLA gathers
+  the other side), which is what the loss needs. Returns (mean of the image->text and text->image
+  cross-entropies, metrics).
+  """
+  logits = logit_scale * jnp.einsum("id,td->it", image_emb.astype(jnp.float32),
+                                    text_emb.astype(jnp.float32))
+  diag = jnp.diagonal(logits)
+  i2t = jax.nn.logsumexp(logits, axis=1) - diag
+  t2i = jax.nn.logsumexp(logits, axis=0) - diag
+  loss = 0.5 * (i2t.mean() + t2i.mean())
+  labels = jnp.arange(logits.shape[0])
+  accuracy = 0.5 * ((jnp.argmax(logits, 1) == labels).mean() + (jnp.argmax(logits, 0) == labels).mean())
+  return loss, dict(contrastive_loss=loss, contrastive_accuracy=accuracy,
+                    temperature=1.0 / logit_scale)
+
+
+def caption_loss(hidden: jax.Array, labels: jax.Array, weights: jax.Array,
+                 logits_fn: Callable[[jax.Array], jax.Array], *, chunk_len: int = 16,
+                 label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Teacher-forced next-token cross-entropy, averaged over the weighted (non-pad) tokens.
+
+  `hidden` `[batch, len, width]` decoder outputs, `labels` `[batch, len]` int, `weights` `[batch,
+  len]` (0 for padding), `logits_fn` maps `[batch, chunk, width]` to `[batch, chunk, vocab]`. The
+  vocabulary logits are produced `chunk_len` positions at a time inside a rematerialised `lax.scan`,
+  so neither the forward nor the backward pass ever holds fp32 logits for the whole sequence: at
+  64k vocabulary those dominate memory. The batch axis stays whole, so batch sharding is preserved.
+  """
+  batch, length, width = hidden.shape
+  chunk_len = max(1, min(chunk_len, length))
+  pad = -length % chunk_len
+  if pad:
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    labels = jnp.pad(labels, ((0, 0), (0, pad)))
+    weights = jnp.pad(weights, ((0, 0), (0, pad)))
+  num_chunks = (length + pad) // chunk_len
+
+  def to_chunks(x):  # [batch, num_chunks * chunk_len, ...] -> [num_chunks, batch, chunk_len, ...]
+    return jnp.moveaxis(x.reshape(batch, num_chunks, chunk_len, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def chunk_sums(h, y, w):
+    logits = logits_fn(h).astype(jnp.float32)
+    vocab = logits.shape[-1]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+    nll = log_z - (1.0 - label_smoothing) * target - label_smoothing * logits.sum(-1) / vocab
+    correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+    return jnp.stack([(nll * w).sum(), (correct * w).sum()])
+
+  def body(total, xs):
+    return total + chunk_sums(*xs), None
+
+  weights = weights.astype(jnp.float32)
+  (nll_sum, correct_sum), _ = jax.lax.scan(
+      body, jnp.zeros(2, jnp.float32), (to_chunks(hidden), to_chunks(labels), to_chunks(weights)))
+  num_tokens = jnp.maximum(weights.sum(), 1.0)
+  loss = nll_sum / num_tokens
+  return loss, dict(caption_loss=loss, caption_accuracy=correct_sum / num_tokens,
+                    caption_tokens=weights.sum())
+
+
+def coca_loss(outputs: dict[str, jax.Array], labels: jax.Array, weights: jax.Array,
+              logits_fn: Callable[[jax.Array], jax.Array], *, contrastive_weight: float = 1.0,
+              caption_weight: float = 2.0, chunk_len: int = 16, label_smoothing: float = 0.0
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`contrastive_weight * contrastive + caption_weight * captioning` (CoCa: 1.0 and 2.0)."""
+  loss, metrics = contrastive_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"])
+  loss = contrastive_weight * loss
+  if caption_weight and "hidden" in outputs:
+    cap, cap_metrics = caption_loss(outputs["hidden"], labels, weights, logits_fn,
+                                    chunk_len=chunk_len, label_smoothing=label_smoothing)
+    loss = loss + caption_weight * cap
+    metrics.update(cap_metrics)
+  metrics["loss"] = loss
+  return loss, metrics

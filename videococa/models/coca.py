@@ -1,0 +1,113 @@
+"""CoCa: contrastive captioner (arXiv 2205.01917) over images or clips.
+
+Visual side: ViT per frame -> visual tokens -> attentional poolers -> (contrastive embedding,
+captioning tokens). Text side: token embedding -> unimodal causal encoder with an appended CLS
+(contrastive embedding) -> multimodal causal decoder cross-attending to the captioning tokens ->
+vocabulary logits. Images are clips of one frame.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from videococa.models import layers, poolers, text, vit
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+class Model(nn.Module):
+  """CoCa. Sizes come from the config sub-dicts (`videococa/models/presets.py` has named ones).
+
+  `__call__(frames, tokens)` with frames `[batch, frames, H, W, 3]` (or images `[batch, H, W, 3]`)
+  in [-1, 1] and tokens `[batch, len]` int returns a dict:
+    image_emb `[batch, embed_dim]`, text_emb `[batch, embed_dim]` (both L2-normalised, float32),
+    hidden `[batch, len, width]` (decoder output; `logits(hidden)` gives the vocabulary logits),
+    logit_scale `[]` (clamped exp of the learned inverse temperature).
+  """
+  embed_dim: int
+  vocab_size: int
+  max_len: int
+  vision: Any
+  pooler: Any
+  text: Any
+  decoder: Any
+  tie_embedding: bool = False
+  vocab_bias: bool = False
+  temperature_init: float = 0.07
+  temperature_range: tuple[float, float] = (0.01, 1.0)
+  dtype: str = "float32"
+  attention_impl: str = "auto"
+  remat_policy: str = "none"
+  ln_eps: float = 1e-6
+  mlp_act: str = "gelu"
+
+  def setup(self):
+    dtype = jnp.dtype(self.dtype)
+    common = dict(dtype=dtype, attention_impl=self.attention_impl, ln_eps=self.ln_eps)
+    towers = dict(common, remat_policy=self.remat_policy, mlp_act=self.mlp_act)
+    self.visual = vit.VisionTransformer(**self.vision, **towers)
+    self.pooling = poolers.VisualPooling(**self.pooler, **common)
+    self.token_embedding = nn.Embed(
+        self.vocab_size, self.text["width"], dtype=dtype, param_dtype=jnp.float32,
+        embedding_init=layers.logical(nn.initializers.normal(0.02), ("vocab", "embed")))
+    self.text_encoder = text.TextEncoder(max_len=self.max_len, **self.text, **towers)
+    dense = lambda features, axes, name, bias=False: nn.Dense(  # noqa: E731
+        features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=layers.logical(nn.initializers.normal(features ** -0.5), axes),
+        bias_init=layers.logical(nn.initializers.zeros, axes[1:]))
+    self.image_proj = dense(self.embed_dim, ("embed", "proj"), "image_proj")
+    self.text_proj = dense(self.embed_dim, ("embed", "proj"), "text_proj")
+    if self.decoder["depth"]:
+      self.text_decoder = text.MultimodalDecoder(**self.decoder, **towers)
+      if not self.tie_embedding:
+        self.vocab_proj = dense(self.vocab_size, ("embed", "vocab"), "vocab_proj", self.vocab_bias)
+    lo, hi = self.temperature_range
+    self.logit_scale_bounds = (math.log(1.0 / hi), math.log(1.0 / lo))
+    self.logit_scale = self.param("logit_scale", layers.logical(
+        nn.initializers.constant(math.log(1.0 / self.temperature_init)), ()), ())
+
+  def encode_visual(self, frames):
+    """`[batch, frames, H, W, 3]` -> (image_emb `[batch, embed_dim]` normalised, caption tokens)."""
+    if frames.ndim == 4:
+      frames = frames[:, None]
+    tokens = self.visual(frames)  # [batch, frames, tokens, width]
+    batch, num_frames, num_tokens, width = tokens.shape
+    pooled, caption = self.pooling(tokens.reshape(batch, num_frames * num_tokens, width))
+    return l2_normalize(self.image_proj(pooled)), caption
+
+  def encode_text(self, tokens):
+    """`[batch, len]` int -> (text_emb `[batch, embed_dim]` normalised, features `[b, len, width]`)."""
+    features, cls = self.text_encoder(self.token_embedding(tokens), tokens)
+    return l2_normalize(self.text_proj(cls)), features
+
+  def decode(self, text_features, caption_tokens):
+    """Multimodal decoder: `[batch, len, width]` x `[batch, queries, width]` -> `[batch, len, width]`."""
+    return self.text_decoder(text_features, caption_tokens)
+
+  def logits(self, hidden):
+    """Vocabulary logits `[..., vocab]` from decoder outputs `[..., width]`."""
+    if self.tie_embedding:
+      out = self.token_embedding.attend(hidden)
+    else:
+      out = self.vocab_proj(hidden)
+    return layers.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
+
+  def temperature_scale(self):
+    return jnp.exp(jnp.clip(self.logit_scale, *self.logit_scale_bounds))
+
+  def __call__(self, frames, tokens):
+    image_emb, caption = self.encode_visual(frames)
+    text_emb, features = self.encode_text(tokens)
+    out = dict(image_emb=image_emb, text_emb=text_emb, logit_scale=self.temperature_scale())
+    if self.decoder["depth"]:
+      out["hidden"] = self.decode(features, caption)
+      if self.is_initializing():  # Create the vocabulary projection's parameters too.
+        self.logits(out["hidden"][:, :1])
+    return out

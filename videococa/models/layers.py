@@ -1,0 +1,205 @@
+"""Transformer building blocks shared by every tower, with logical-axis annotations.
+
+A `Block` is a pre-LayerNorm residual stack of sub-layers named by `layout`, e.g. `('self_attn', 'mlp')`
+for ViT / text encoder layers, `('self_attn', 'cross_attn', 'mlp')` for CoCa's multimodal decoder, or
+open_clip's `('self_attn', 'mlp', 'cross_attn', 'mlp')`. `Stack` scans identical blocks over depth
+(`nn.scan`, one compiled layer) with an optional rematerialisation policy.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,  # No rematerialisation: keep every activation for the backward pass.
+    "full": jax.checkpoint_policies.nothing_saveable,  # Recompute the whole layer.
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # Keep matmul outputs, recompute the rest.
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # erf GELU (torch nn.GELU).
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP.
+    "relu": jax.nn.relu,
+}
+
+ACT_SEQUENCE = ("activation_batch", "activation_length", "activation_embed")
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint by logical axis names (a no-op outside a mesh context)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def logical(init: Callable, axes: Sequence[str | None]) -> Callable:
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
+                      scale_init=logical(nn.initializers.ones, ("norm",)),
+                      bias_init=logical(nn.initializers.zeros, ("norm",)))
+
+
+def resolve_attention_impl(impl: str, dtype: Dtype) -> str:
+  """'auto' -> cuDNN fused attention on GPU for 16-bit compute, XLA otherwise."""
+  if impl != "auto":
+    return impl
+  on_gpu = jax.default_backend() == "gpu"
+  return "cudnn" if on_gpu and jnp.dtype(dtype).itemsize == 2 else "xla"
+
+
+class HeadsProjection(nn.Module):
+  """`[..., width] -> [..., heads, head_dim]` (kernel `[width, heads, head_dim]`, bias)."""
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    kernel = self.param("kernel", logical(init, ("embed", "heads", "kv")),
+                        (x.shape[-1], self.num_heads, self.head_dim))
+    bias = self.param("bias", logical(nn.initializers.zeros, ("heads", "kv")),
+                      (self.num_heads, self.head_dim))
+    y = jnp.einsum("...d,dhk->...hk", x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+class HeadsOutput(nn.Module):
+  """`[..., heads, head_dim] -> [..., width]` (kernel `[heads, head_dim, width]`, bias)."""
+  width: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    kernel = self.param("kernel", logical(init, ("heads", "kv", "embed")), (*x.shape[-2:], self.width))
+    bias = self.param("bias", logical(nn.initializers.zeros, ("embed",)), (self.width,))
+    return jnp.einsum("...hk,hkd->...d", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention with separate query / key / value projections.
+
+  Inputs `x` `[batch, q_len, width]` and optional `context` `[batch, kv_len, kv_width]` (self-attention
+  when None); `mask` is boolean, broadcastable to `[batch, heads, q_len, kv_len]`, True = attend.
+  Returns `[batch, q_len, width]`.
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+  is_causal: bool = False
+
+  @nn.compact
+  def __call__(self, x, context=None, mask=None):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
+    project = functools.partial(HeadsProjection, self.num_heads, width // self.num_heads, self.dtype)
+    context = x if context is None else context
+    heads_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    q = constrain(project(name="query")(x), heads_axes)
+    k = constrain(project(name="key")(context), heads_axes)
+    v = constrain(project(name="value")(context), heads_axes)
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=self.is_causal,
+        implementation=resolve_attention_impl(self.attention_impl, self.dtype))
+    return constrain(HeadsOutput(width, self.dtype, name="out")(out), ACT_SEQUENCE)
+
+
+class Mlp(nn.Module):
+  """Two-layer MLP `[..., width] -> [..., mlp_dim] -> [..., width]`."""
+  mlp_dim: int
+  act: str = "gelu"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+    h = dense(self.mlp_dim, name="fc1",
+              kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+              bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
+    h = constrain(ACTIVATIONS[self.act](h), ("activation_batch", "activation_length", "activation_mlp"))
+    out = dense(x.shape[-1], name="fc2",
+                kernel_init=logical(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+                bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
+    return constrain(out, ACT_SEQUENCE)
+
+
+def sublayer_names(layout: Sequence[str]) -> list[str]:
+  """Parameter-scope names of a layout's sub-layers: 'mlp', 'mlp_2', ... for repeated kinds."""
+  names, seen = [], {}
+  for kind in layout:
+    seen[kind] = seen.get(kind, 0) + 1
+    names.append(kind if seen[kind] == 1 else f"{kind}_{seen[kind]}")
+  return names
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm residual block: `x = x + sublayer(LayerNorm(x))` for each kind in `layout`.
+
+  Kinds: 'self_attn' (causal if `causal`), 'cross_attn' (to `context`, whose LayerNorm is optional),
+  'mlp'. Called as `(x, context, mask) -> (x, None)` so that `nn.scan` can carry `x` `[batch, len,
+  width]` over layers; `context` `[batch, ctx_len, ctx_width]` and `mask` are shared by all layers.
+  """
+  layout: tuple[str, ...]
+  num_heads: int
+  mlp_dim: int
+  mlp_act: str = "gelu"
+  ln_eps: float = 1e-6
+  causal: bool = False
+  cross_attn_kv_norm: bool = True
+  dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, context=None, mask=None):
+    attention = functools.partial(Attention, num_heads=self.num_heads, dtype=self.dtype,
+                                  attention_impl=self.attention_impl)
+    for kind, name in zip(self.layout, sublayer_names(self.layout)):
+      h = layer_norm(self.ln_eps, self.dtype, f"{name}_norm")(x)
+      if kind == "self_attn":
+        h = attention(is_causal=self.causal, name=name)(h, mask=mask)
+      elif kind == "cross_attn":
+        kv = context
+        if self.cross_attn_kv_norm:
+          kv = layer_norm(self.ln_eps, self.dtype, f"{name}_kv_norm")(kv)
+        h = attention(name=name)(h, kv)
+      elif kind == "mlp":
+        h = Mlp(self.mlp_dim, self.mlp_act, self.dtype, name=name)(h)
+      else:
+        raise ValueError(f"Unknown sub-layer kind {kind!r} in layout {self.layout}; "
+                         "use 'self_attn', 'cross_attn' or 'mlp'.")
+      x = constrain(x + h, ACT_SEQUENCE)
+    return x, None
+
+
+class Stack(nn.Module):
+  """`depth` identical `Block`s, scanned (parameters stacked on a leading 'layers' axis).
+
+  `block` holds the `Block` fields; `remat_policy` is a key of `REMAT_POLICIES`.
+  """
+  depth: int
+  block: dict
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, x, context=None, mask=None):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {list(REMAT_POLICIES)}.")
+    block_cls = Block
+    if self.remat_policy != "none":
+      block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+    scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = scanned(**self.block, name="layers")(x, context, mask)
+    return x

@@ -1,0 +1,85 @@
+"""Text side of CoCa: the unimodal text encoder (with an appended CLS) and the multimodal decoder."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from videococa.models import layers
+
+# How the CLS query sees padding. 'exact': keys that are pad tokens are masked, so the CLS reads exactly
+# the caption whatever the pad length. 'openclip_legacy': open_clip's CoCa mask, shifted by one key
+# (it lets the CLS see the first pad token but not itself); only for converted open_clip weights.
+CLS_MASKS = ("exact", "openclip_legacy")
+
+
+class TextEncoder(nn.Module):
+  """Unimodal causal text encoder with a learnable CLS token appended at the end.
+
+  `__call__(embedded [batch, len, width], tokens [batch, len] int) ->
+  (token_features [batch, len, width], cls [batch, width])`. Positions `[0, len)` use the first `len`
+  rows of the position table; the CLS always uses its last row (index `max_len`), so its output does
+  not depend on how much padding follows the caption. `cls` has the final LayerNorm applied;
+  `token_features` are raw block outputs (what the multimodal decoder reads, as in open_clip).
+  """
+  max_len: int
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  pad_id: int = 0
+  cls_mask: str = "exact"
+  mlp_act: str = "gelu"
+  ln_eps: float = 1e-6
+  dtype: layers.Dtype = jnp.float32
+  attention_impl: str = "xla"
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, embedded, tokens):
+    batch, length, _ = embedded.shape
+    if length > self.max_len:
+      raise ValueError(f"Text of length {length} exceeds model.max_len={self.max_len}.")
+    if self.cls_mask not in CLS_MASKS:
+      raise ValueError(f"model.text.cls_mask={self.cls_mask!r}; choose one of {CLS_MASKS}.")
+    posemb = self.param("pos_embedding", layers.logical(nn.initializers.normal(0.01),
+                                                        ("positions", "embed")),
+                        (self.max_len + 1, self.width))
+    cls = self.param("cls_embedding", layers.logical(nn.initializers.normal(0.01), ("embed",)),
+                     (self.width,))
+    x = embedded + posemb[:length].astype(self.dtype)
+    cls = jnp.broadcast_to((cls + posemb[self.max_len]).astype(self.dtype), (batch, 1, self.width))
+    x = layers.constrain(jnp.concatenate([x, cls], axis=1), layers.ACT_SEQUENCE)
+    real = tokens != self.pad_id
+    always = jnp.ones((batch, 1), bool)
+    key_valid = jnp.concatenate([real, always] if self.cls_mask == "exact" else [always, real], 1)
+    x = layers.Stack(self.depth, remat_policy=self.remat_policy, name="encoder", block=dict(
+        layout=("self_attn", "mlp"), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+        mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
+        attention_impl=self.attention_impl))(x, None, key_valid[:, None, None, :])
+    cls_out = layers.layer_norm(self.ln_eps, self.dtype, "final_norm")(x[:, length])
+    return x[:, :length], cls_out
+
+
+class MultimodalDecoder(nn.Module):
+  """Causal decoder cross-attending to the captioning tokens.
+
+  `__call__(text [batch, len, width], visual [batch, queries, visual_width]) -> [batch, len, width]`
+  (after the final LayerNorm; the vocabulary projection lives in the CoCa model).
+  """
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  layout: tuple[str, ...] = ("self_attn", "cross_attn", "mlp")
+  mlp_act: str = "gelu"
+  ln_eps: float = 1e-6
+  dtype: layers.Dtype = jnp.float32
+  attention_impl: str = "xla"
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, text, visual):
+    x = layers.Stack(self.depth, remat_policy=self.remat_policy, name="decoder", block=dict(
+        layout=tuple(self.layout), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+        mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
+        attention_impl=self.attention_impl))(text, visual)
+    return layers.layer_norm(self.ln_eps, self.dtype, "final_norm")(x)

@@ -1,0 +1,187 @@
+"""The training state and the compiled, sharded CoCa train step.
+
+`Trainer` owns the model, the optimizer and the shardings for one mesh: it builds the abstract
+state (shapes + shardings, no allocation), initialises it directly sharded, and compiles the train
+step ahead of time with explicit in/out shardings and the state donated.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from videococa import losses, optim, sharding
+
+# bf16 dense peak per chip (TFLOP/s), matched against `device_kind`, for MFU.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
+               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6 lite": 918.0}
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  nonfinite_streak: jax.Array  # Consecutive skipped (non-finite) steps.
+  nonfinite_total: jax.Array
+
+
+def load_model_module(name: str):
+  """`config.model_name` -> the module `videococa.models.<name>` exporting `Model` and `load`."""
+  try:
+    return importlib.import_module(f"videococa.models.{name}")
+  except ModuleNotFoundError as e:
+    raise ValueError(f"config.model_name={name!r}: no module videococa/models/{name}.py.") from e
+
+
+def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """uint8 frames -> [-1, 1] floats (on device: 4x less host->device traffic); text input tokens."""
+  frames = batch["frames"]
+  if frames.dtype == jnp.uint8:
+    frames = frames.astype(jnp.float32) / 127.5 - 1.0
+  return frames, batch["text"][:, :-1]
+
+
+def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:
+  if config.get("peak_tflops"):
+    return config.peak_tflops * 1e12
+  kind = jax.devices()[0].device_kind
+  for name, tflops in PEAK_TFLOPS.items():
+    if name in kind:
+      return tflops * 1e12
+  return None
+
+
+class Trainer:
+  """Model + optimizer + shardings for `mesh`, and the compiled train step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.model = load_model_module(config.model_name).Model(**config.model)
+    frames_shape = (sharding.data_parallel_size(mesh), config.input.num_frames, config.model.vision.image_size,
+                    config.model.vision.image_size, 3)
+    self._dummy = (jnp.zeros(frames_shape, jnp.float32),
+                   jnp.zeros((frames_shape[0], config.model.max_len), jnp.int32))
+    with self.mesh_context():
+      boxed = jax.eval_shape(self._init_params, jax.random.key(0))
+    self.param_shardings = sharding.logical_shardings(boxed, mesh)
+    self.abstract_params = nn.unbox(boxed)
+    self.frozen = optim.is_frozen(config.optimizer, self.abstract_params)
+    self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.abstract_params,
+                                                  config.total_steps)
+    replicated = NamedSharding(mesh, P())
+    abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
+    self.state_shardings = TrainState(
+        step=replicated, params=self.param_shardings,
+        opt_state=sharding.matching_shardings(abstract_opt, self.abstract_params,
+                                              self.param_shardings, mesh),
+        rng=replicated, nonfinite_streak=replicated, nonfinite_total=replicated)
+    self._compiled_step = None
+
+  def mesh_context(self):
+    return sharding.use_mesh(self.mesh)
+
+  def _init_params(self, rng):
+    return self.model.init(rng, *self._dummy)["params"]
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the state, without allocating it."""
+    with self.mesh_context():
+      shapes = jax.eval_shape(self._init_state, jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.state_shardings)
+
+  def _init_state(self, rng) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    params = nn.unbox(self._init_params(init_rng))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=self.tx.init(params), rng=state_rng,
+                      nonfinite_streak=zero, nonfinite_total=zero)
+
+  def init_state(self, params: Any | None = None) -> TrainState:
+    """A freshly initialised state (seeded by `config.seed`), created directly sharded.
+
+    `params`, when given (e.g. converted or inflated from another checkpoint), replace the random
+    initialisation; the optimizer state is initialised for them.
+    """
+    with self.mesh_context():
+      state = jax.jit(self._init_state, out_shardings=self.state_shardings)(
+          jax.random.key(self.config.seed))
+    if params is not None:
+      params = jax.device_put(params, self.param_shardings)
+      opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+      state = state.replace(params=params, opt_state=opt_state)
+    return state
+
+  def loss_fn(self, params, batch):
+    """Total CoCa loss and metrics for a batch (`frames`, `text` `[batch, max_len + 1]`)."""
+    cfg = self.config.loss
+    # Frozen sub-trees: no gradient is computed for them at all.
+    params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen)
+    frames, text_in = model_inputs(batch)
+    outputs = self.model.apply({"params": params}, frames, text_in)
+    labels = batch["text"][:, 1:]
+    logits_fn = lambda h: self.model.apply({"params": params}, h, method="logits")  # noqa: E731
+    return losses.coca_loss(outputs, labels, labels != self.config.model.text.pad_id, logits_fn,
+                            contrastive_weight=cfg.contrastive_weight,
+                            caption_weight=cfg.caption_weight, chunk_len=cfg.vocab_chunk_len,
+                            label_smoothing=cfg.label_smoothing)
+
+  def _train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    (_, metrics), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    # A non-finite loss or gradient skips the update: params and optimizer state stay as they were.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa
+    skipped = (~finite).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state), rng=jax.random.fold_in(state.rng, state.step),
+        nonfinite_streak=(state.nonfinite_streak + 1) * skipped,
+        nonfinite_total=state.nonfinite_total + skipped)
+    metrics.update(grad_norm=grad_norm, learning_rate=self.schedule(state.step),
+                   nonfinite_steps=new_state.nonfinite_total,
+                   nonfinite_streak=new_state.nonfinite_streak)
+    return new_state, metrics
+
+  def batch_shardings(self, batch_shapes: dict[str, jax.ShapeDtypeStruct]) -> dict:
+    return {k: sharding.batch_sharding(self.mesh, len(v.shape)) for k, v in batch_shapes.items()}
+
+  def compile_step(self, batch_shapes: dict[str, jax.ShapeDtypeStruct]):
+    """Compiles the train step for global batches of the given shapes (ahead of time)."""
+    batch_shardings = self.batch_shardings(batch_shapes)
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
+                      for k, v in batch_shapes.items()}
+    jitted = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
+                     out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())),
+                     donate_argnums=(0,))
+    with self.mesh_context():
+      self._compiled_step = jitted.lower(self.abstract_state(), abstract_batch).compile()
+    return self._compiled_step
+
+  def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+    """One optimizer step (compiles on first use). `state` is donated: do not reuse it."""
+    if self._compiled_step is None:
+      self.compile_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})
+    return self._compiled_step(state, batch)
+
+  def flops_per_step(self) -> float | None:
+    """XLA's FLOP estimate of the compiled step, per device."""
+    if self._compiled_step is None:
+      return None
+    analysis = self._compiled_step.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and np.isfinite(flops) and flops > 0 else None
