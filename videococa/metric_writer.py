@@ -8,8 +8,16 @@ from typing import Mapping
 
 import jax
 import numpy as np
+import tqdm
 from absl import logging
 from tensorboardX import SummaryWriter
+
+
+def console(message: str) -> None:
+  """A line for the human at the terminal (process 0 only; keeps tqdm bars intact) and the log."""
+  logging.info(message)
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
 
 
 class MetricWriter:
@@ -34,8 +42,8 @@ class MetricWriter:
       self._tb.add_scalar(f"{prefix}/{name}", value, step)
     self._jsonl.write(json.dumps(dict(step=step, prefix=prefix, **scalars)) + "\n")
     self._jsonl.flush()
-    logging.info("[%s step %d] %s", prefix, step,
-                 ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
+    console(f"[{prefix} step {step}] " +
+            ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
 
   def flush(self) -> None:
     if self.active:

@@ -18,6 +18,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -68,10 +69,13 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
       raise ValueError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
                        f"divisible by the fixed axes' product {known}.")
     sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
+  if math.prod(sizes) > len(devices):
     raise ValueError(f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
                      f"{len(devices)} are available; set one axis to -1 to fill the rest.")
-  device_grid = np.asarray(devices).reshape(sizes)
+  if math.prod(sizes) < len(devices):
+    logging.warning("config.mesh=%s uses %d of the %d devices.", dict(zip(MESH_AXES, sizes)),
+                    math.prod(sizes), len(devices))
+  device_grid = np.asarray(devices[:math.prod(sizes)]).reshape(sizes)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 

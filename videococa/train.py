@@ -10,6 +10,7 @@ checkpoint with the same step, optimizer state, RNG and data position.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -22,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from videococa import checkpoint, inputs, metric_writer, sharding, trainer as trainer_lib
+from videococa.metric_writer import console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:arg].",
                                           lock_config=True)
@@ -61,8 +63,12 @@ def _log_step(writer, progress, step, pending, elapsed, steps, trainer, config):
   return metrics
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) training to `config.total_steps`; returns the last logged metrics."""
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) training to `config.total_steps`.
+
+  Returns a summary: `start_step` (0, or the checkpoint step resumed from), `end_step`,
+  `resumed` (bool), `preempted` (bool) and the last logged `metrics`.
+  """
   mesh = sharding.make_mesh(config.mesh)
   trainer = trainer_lib.Trainer(config, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -70,64 +76,76 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                  max_to_keep=config.keep_checkpoints)
   writer = metric_writer.MetricWriter(workdir)
   preemption = PreemptionSignal()
-  last_metrics: dict[str, float] = {}
   try:
     latest = ckpt.latest_step()
     if latest is not None:
       state, _ = ckpt.restore(latest, trainer.abstract_state())
-      logging.info("Resuming from the checkpoint at step %d in %s.", latest, ckpt.directory)
+      console(f"Resuming from the checkpoint at step {latest} in {ckpt.directory}.")
     else:
       state = trainer.init_state()
-      logging.info("Starting from scratch (no checkpoint in %s).", ckpt.directory)
+      console(f"Starting from scratch: no checkpoint in {ckpt.directory}.")
     start = int(jax.device_get(state.step))
+    summary = dict(start_step=start, end_step=start, resumed=latest is not None, preempted=False,
+                   metrics={})
     if start >= config.total_steps:
-      logging.info("Step %d >= config.total_steps=%d: nothing to do.", start, config.total_steps)
-      return last_metrics
-    batches = inputs.make_train_iterator(config, mesh, start, workdir)
-    progress = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
-                         disable=jax.process_index() != 0, dynamic_ncols=True)
-    pending, previous_streak = [], None
-    tick, tick_step = time.perf_counter(), start
-    for step in range(start + 1, config.total_steps + 1):
-      state, metrics = trainer.step(state, next(batches))
-      pending.append(metrics)
-      # Lagged check of the previous step's skip streak: it is done by now, so this never stalls.
-      if previous_streak is not None and int(previous_streak) > config.max_consecutive_nonfinite:
-        raise RuntimeError(
-            f"Stopping at step {step - 1}: more than config.max_consecutive_nonfinite="
-            f"{config.max_consecutive_nonfinite} consecutive steps had a non-finite loss or "
-            f"gradient (all skipped). The last good checkpoint in {ckpt.directory} is intact; "
-            "lower the learning rate or check the data.")
-      previous_streak = metrics["nonfinite_streak"]
-      progress.update(1)
-      if step % config.log_every == 0 or step == config.total_steps:
-        now = time.perf_counter()
-        last_metrics = _log_step(writer, progress, step, pending, now - tick, step - tick_step,
-                                 trainer, config)
-        pending, tick, tick_step = [], time.perf_counter(), step
-      meta = dict(step=step, global_batch=config.input.batch_size, seed=config.seed)
-      if preemption.requested or step == config.total_steps:
-        ckpt.save(step, state, meta, force=True)
-        if preemption.requested:
-          logging.warning("Preempted: checkpoint at step %d written; exiting.", step)
-          break
-      else:
-        ckpt.save(step, state, meta)
-    progress.close()
+      console(f"Step {start} >= config.total_steps={config.total_steps}: nothing to do.")
+      return summary
+    summary.update(_train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir))
+    return summary
   finally:
     preemption.restore()
     ckpt.close()
     writer.close()
-  return last_metrics
+
+
+def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir) -> dict:
+  """Steps from `start` to `config.total_steps`, logging and checkpointing; see `train`."""
+  batches = inputs.make_train_iterator(config, trainer.mesh, start, workdir)
+  first = next(batches)
+  compile_start = time.perf_counter()
+  trainer.compile_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in first.items()})
+  console(f"Compiled the train step in {time.perf_counter() - compile_start:.1f}s.")
+  batches = itertools.chain([first], batches)
+  progress = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
+                       disable=jax.process_index() != 0, dynamic_ncols=True)
+  pending, previous_streak, metrics = [], None, {}
+  tick, tick_step, step = time.perf_counter(), start, start
+  for step in range(start + 1, config.total_steps + 1):
+    state, step_metrics = trainer.step(state, next(batches))
+    pending.append(step_metrics)
+    # Lagged check of the previous step's skip streak: that step is done, so this never stalls.
+    if previous_streak is not None and int(previous_streak) > config.max_consecutive_nonfinite:
+      raise RuntimeError(
+          f"Stopping at step {step - 1}: more than config.max_consecutive_nonfinite="
+          f"{config.max_consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
+          f"(all skipped). The last good checkpoint in {ckpt.directory} is intact; lower the "
+          "learning rate or check the data.")
+    previous_streak = step_metrics["nonfinite_streak"]
+    progress.update(1)
+    if step % config.log_every == 0 or step == config.total_steps:
+      now = time.perf_counter()
+      metrics = _log_step(writer, progress, step, pending, now - tick, step - tick_step, trainer,
+                          config)
+      pending, tick, tick_step = [], time.perf_counter(), step
+    meta = dict(step=step, global_batch=config.input.batch_size, seed=config.seed)
+    final = preemption.requested or step == config.total_steps
+    ckpt.save(step, state, meta, force=final)
+    if preemption.requested:
+      console(f"Preempted: checkpoint at step {step} written; exiting.")
+      break
+  progress.close()
+  return dict(end_step=step, preempted=preemption.requested, metrics=metrics)
 
 
 def main(argv):
   del argv
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required.")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Library INFO logs are noise at the terminal.
   train(_CONFIG.value, _WORKDIR.value)
-  logging.info("TensorBoard logs: %s ; checkpoints: %s", os.path.join(_WORKDIR.value, "tensorboard"),
-               os.path.join(_WORKDIR.value, "checkpoints"))
+  console(f"TensorBoard logs: {os.path.join(_WORKDIR.value, 'tensorboard')}\n"
+          f"Checkpoints: {os.path.join(_WORKDIR.value, 'checkpoints')}")
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ class Trainer:
     self.config = config
     self.mesh = mesh
     self.model = load_model_module(config.model_name).Model(**config.model)
-    frames_shape = (sharding.data_parallel_size(mesh), config.input.num_frames, config.model.vision.image_size,
-                    config.model.vision.image_size, 3)
+    size = config.model.vision.image_size
+    frames_shape = (sharding.data_parallel_size(mesh), config.input.num_frames, size, size, 3)
     self._dummy = (jnp.zeros(frames_shape, jnp.float32),
                    jnp.zeros((frames_shape[0], config.model.max_len), jnp.int32))
     with self.mesh_context():
@@ -102,25 +102,25 @@ class Trainer:
 
   def _init_state(self, rng) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
-    params = nn.unbox(self._init_params(init_rng))
+    return self._state_from_params(nn.unbox(self._init_params(init_rng)), state_rng)
+
+  def _state_from_params(self, params, rng) -> TrainState:
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=self.tx.init(params), rng=state_rng,
+    return TrainState(step=zero, params=params, opt_state=self.tx.init(params), rng=rng,
                       nonfinite_streak=zero, nonfinite_total=zero)
 
   def init_state(self, params: Any | None = None) -> TrainState:
-    """A freshly initialised state (seeded by `config.seed`), created directly sharded.
+    """A fresh state at step 0 (seeded by `config.seed`), created directly sharded.
 
-    `params`, when given (e.g. converted or inflated from another checkpoint), replace the random
-    initialisation; the optimizer state is initialised for them.
+    `params`, when given (e.g. converted or inflated from another checkpoint, or taken from another
+    mesh), replace the random initialisation; the optimizer state is initialised for them.
     """
+    rng = jax.random.key(self.config.seed)
     with self.mesh_context():
-      state = jax.jit(self._init_state, out_shardings=self.state_shardings)(
-          jax.random.key(self.config.seed))
-    if params is not None:
-      params = jax.device_put(params, self.param_shardings)
-      opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
-      state = state.replace(params=params, opt_state=opt_state)
-    return state
+      if params is None:
+        return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
+      _, state_rng = jax.random.split(rng)
+      return jax.jit(self._state_from_params, out_shardings=self.state_shardings)(params, state_rng)
 
   def loss_fn(self, params, batch):
     """Total CoCa loss and metrics for a batch (`frames`, `text` `[batch, max_len + 1]`)."""
@@ -140,7 +140,7 @@ class Trainer:
     (_, metrics), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     # A non-finite loss or gradient skips the update: params and optimizer state stay as they were.
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa

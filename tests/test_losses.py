@@ -1,0 +1,82 @@
+"""Losses against numpy references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from videococa import losses
+
+
+def _log_softmax(x, axis):
+  x = x - x.max(axis=axis, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def _normalise(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_contrastive_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  img, txt = _normalise(rng.normal(size=(6, 5))), _normalise(rng.normal(size=(6, 5)))
+  scale = 1 / 0.07
+  logits = scale * img @ txt.T
+  expected = -0.5 * (np.diag(_log_softmax(logits, 1)).mean() + np.diag(_log_softmax(logits, 0)).mean())
+  loss, metrics = losses.contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(scale))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(metrics["temperature"], 0.07, rtol=1e-6)
+
+
+def _caption_reference(logits, labels, weights, smoothing):
+  logp = _log_softmax(logits, -1)
+  vocab = logits.shape[-1]
+  nll = -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
+  smooth = -logp.mean(-1)
+  per_token = (1 - smoothing) * nll + smoothing * smooth
+  return (per_token * weights).sum() / weights.sum()
+
+
+@pytest.mark.parametrize("chunk_len,smoothing", [(16, 0.0), (3, 0.0), (4, 0.1), (1, 0.2)])
+def test_caption_loss_matches_numpy_for_any_chunking(chunk_len, smoothing):
+  rng = np.random.default_rng(1)
+  batch, length, width, vocab = 3, 10, 4, 11
+  hidden = rng.normal(size=(batch, length, width)).astype(np.float32)
+  kernel = rng.normal(size=(width, vocab)).astype(np.float32)
+  labels = rng.integers(0, vocab, (batch, length))
+  weights = (rng.uniform(size=(batch, length)) > 0.3).astype(np.float32)
+  logits_fn = lambda h: h @ jnp.asarray(kernel)  # noqa: E731
+  loss, metrics = losses.caption_loss(jnp.asarray(hidden), jnp.asarray(labels), jnp.asarray(weights),
+                                      logits_fn, chunk_len=chunk_len, label_smoothing=smoothing)
+  expected = _caption_reference(hidden @ kernel, labels, weights, smoothing)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  accuracy = (((hidden @ kernel).argmax(-1) == labels) * weights).sum() / weights.sum()
+  np.testing.assert_allclose(metrics["caption_accuracy"], accuracy, rtol=1e-6)
+
+
+def test_chunked_caption_loss_gradient_equals_unchunked():
+  rng = np.random.default_rng(2)
+  hidden = jnp.asarray(rng.normal(size=(2, 9, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(4, 7)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 7, (2, 9)))
+  weights = jnp.asarray(rng.uniform(size=(2, 9)) > 0.2, jnp.float32)
+
+  def loss(k, chunk):
+    return losses.caption_loss(hidden, labels, weights, lambda h: h @ k, chunk_len=chunk)[0]
+
+  np.testing.assert_allclose(jax.grad(loss)(kernel, 2), jax.grad(loss)(kernel, 9), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_coca_loss_weights_the_parts():
+  rng = np.random.default_rng(3)
+  outputs = dict(image_emb=jnp.asarray(_normalise(rng.normal(size=(4, 3)))),
+                 text_emb=jnp.asarray(_normalise(rng.normal(size=(4, 3)))),
+                 logit_scale=jnp.asarray(10.0),
+                 hidden=jnp.asarray(rng.normal(size=(4, 5, 3)), jnp.float32))
+  labels = jnp.asarray(rng.integers(0, 6, (4, 5)))
+  weights = jnp.ones((4, 5))
+  kernel = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
+  total, metrics = losses.coca_loss(outputs, labels, weights, lambda h: h @ kernel,
+                                    contrastive_weight=1.0, caption_weight=2.0)
+  np.testing.assert_allclose(total, metrics["contrastive_loss"] + 2 * metrics["caption_loss"],
+                             rtol=1e-6)
