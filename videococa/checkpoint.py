@@ -29,6 +29,7 @@ Guarantees (orbax-checkpoint 0.12.x):
   implementation name and come back as typed keys; callers pass them like any other array.
 """
 import json
+import os
 from typing import Any
 
 from absl import logging
@@ -179,3 +180,47 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _checkpoint_root(path: str) -> str:
+  """A workdir (holding `checkpoints/`) or a checkpoint root itself."""
+  nested = os.path.join(path, "checkpoints")
+  return nested if os.path.isdir(nested) else path
+
+
+def save_params(directory: str, params: PyTree, meta: dict) -> None:
+  """Writes a parameters-only checkpoint (`{'params': params}` as step 0, with JSON `meta`, e.g.
+  the model config) in the same format as training checkpoints, synchronously."""
+  with Checkpointer(directory, save_interval_steps=1, max_to_keep=1, async_save=False) as ckpt:
+    ckpt.save(0, {"params": params}, meta, force=True)
+
+
+def load_params(path: str, step: int | None = None,
+                sharding: jax.sharding.Sharding | None = None) -> tuple[PyTree, dict]:
+  """Reads only `params` (and the meta) of a training workdir, checkpoint root or `save_params`
+  directory; the optimizer state is not read. Arrays land on `sharding` (default: first device)."""
+  root = _checkpoint_root(path)
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"No checkpoint directory at {path}; pass a training --workdir, its "
+                            "checkpoints/ folder, or a directory written by videococa.convert.")
+  manager = ocp.CheckpointManager(root, item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps or (step is not None and step not in steps):
+      raise FileNotFoundError(f"No checkpoint {'' if step is None else f'for step {step} '}in "
+                              f"{root} (available steps: {steps}).")
+    step = steps[-1] if step is None else step
+    tree = manager.item_metadata(step)["state"].tree
+    if "params" not in tree:
+      raise ValueError(f"Checkpoint {root} step {step} holds no 'params'.")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {"params": jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree["params"])}
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"]["params"], restored["meta"]
+  finally:
+    manager.close()

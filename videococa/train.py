@@ -25,9 +25,12 @@ from ml_collections import config_flags
 from videococa import checkpoint, inputs, metric_writer, sharding, trainer as trainer_lib
 from videococa.metric_writer import console
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:arg].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+
+
+def define_flags() -> None:
+  """`--config=FILE[:ARG]` (+ `--config.a.b=v` overrides) and `--workdir` (entry points only)."""
+  config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 
 
 class PreemptionSignal:
@@ -139,15 +142,17 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  workdir = flags.FLAGS.workdir
+  if not workdir:
     raise app.UsageError("--workdir is required.")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO logs are noise at the terminal.
-  train(_CONFIG.value, _WORKDIR.value)
-  console(f"TensorBoard logs: {os.path.join(_WORKDIR.value, 'tensorboard')}\n"
-          f"Checkpoints: {os.path.join(_WORKDIR.value, 'checkpoints')}")
+  train(flags.FLAGS.config, workdir)
+  console(f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}\n"
+          f"Checkpoints: {os.path.join(workdir, 'checkpoints')}")
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config"])
   app.run(main)

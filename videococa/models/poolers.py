@@ -6,7 +6,7 @@ import flax.linen as nn
 
 from videococa.models import layers
 
-POOLER_MODES = ("cascade", "parallel", "single")
+POOLER_MODES = ("cascade", "parallel", "single", "class_token")
 
 
 class AttentionalPooler(nn.Module):
@@ -47,7 +47,9 @@ class VisualPooling(nn.Module):
   `__call__(tokens [batch, tokens, kv_width]) -> (pooled [batch, width], caption [batch, q, width])`.
   Modes: 'cascade' (CoCa default: the contrastive pooler attends to the captioning pooler's output),
   'parallel' (both poolers attend to the visual tokens), 'single' (open_clip: one pooler; its first
-  query is the contrastive output and the remaining `num_queries - 1` are the captioning tokens).
+  query is the contrastive output and the remaining `num_queries - 1` are the captioning tokens),
+  'class_token' (CLIP: no pooler; the ViT's class token is the contrastive output, the patch tokens
+  the captioning tokens).
   """
   mode: str = "cascade"
   num_queries: int = 256
@@ -66,6 +68,8 @@ class VisualPooling(nn.Module):
     pooler = lambda n, name: AttentionalPooler(  # noqa: E731
         n, self.width, self.num_heads, kv_norm=self.kv_norm, query_norm=self.query_norm,
         ln_eps=self.ln_eps, dtype=self.dtype, attention_impl=self.attention_impl, name=name)
+    if self.mode == "class_token":
+      return tokens[:, 0], tokens[:, 1:]
     if self.mode == "single":
       out = pooler(self.num_queries, "pooler")(tokens)
       return out[:, 0], out[:, 1:]

@@ -13,13 +13,17 @@ CLS_MASKS = ("exact", "openclip_legacy")
 
 
 class TextEncoder(nn.Module):
-  """Unimodal causal text encoder with a learnable CLS token appended at the end.
+  """Unimodal causal text encoder; its pooled output is the contrastive text embedding.
 
   `__call__(embedded [batch, len, width], tokens [batch, len] int) ->
-  (token_features [batch, len, width], cls [batch, width])`. Positions `[0, len)` use the first `len`
-  rows of the position table; the CLS always uses its last row (index `max_len`), so its output does
-  not depend on how much padding follows the caption. `cls` has the final LayerNorm applied;
-  `token_features` are raw block outputs (what the multimodal decoder reads, as in open_clip).
+  (token_features [batch, len, width], pooled [batch, width])`.
+
+  `pool='cls'` (CoCa): a learnable CLS token is appended at the end. Positions `[0, len)` use the
+  first `len` rows of the position table and the CLS always its last row (index `max_len`), so with
+  `cls_mask='exact'` its output does not depend on how much padding follows the caption.
+  `pool='eos'` (CLIP): no CLS; the output at the first `eos_id` token (CLIP's end-of-text) is pooled.
+  `pooled` has the final LayerNorm applied; `token_features` are raw block outputs (what the
+  multimodal decoder reads, as in open_clip).
   """
   max_len: int
   width: int
@@ -27,7 +31,9 @@ class TextEncoder(nn.Module):
   mlp_dim: int
   num_heads: int
   pad_id: int = 0
+  pool: str = "cls"
   cls_mask: str = "exact"
+  eos_id: int = 3
   mlp_act: str = "gelu"
   ln_eps: float = 1e-6
   dtype: layers.Dtype = jnp.float32
@@ -39,25 +45,35 @@ class TextEncoder(nn.Module):
     batch, length, _ = embedded.shape
     if length > self.max_len:
       raise ValueError(f"Text of length {length} exceeds model.max_len={self.max_len}.")
+    if self.pool not in ("cls", "eos"):
+      raise ValueError(f"model.text.pool={self.pool!r}; choose 'cls' (CoCa) or 'eos' (CLIP).")
     if self.cls_mask not in CLS_MASKS:
       raise ValueError(f"model.text.cls_mask={self.cls_mask!r}; choose one of {CLS_MASKS}.")
+    with_cls = self.pool == "cls"
     posemb = self.param("pos_embedding", layers.logical(nn.initializers.normal(0.01),
                                                         ("positions", "embed")),
-                        (self.max_len + 1, self.width))
-    cls = self.param("cls_embedding", layers.logical(nn.initializers.normal(0.01), ("embed",)),
-                     (self.width,))
+                        (self.max_len + with_cls, self.width))
     x = embedded + posemb[:length].astype(self.dtype)
-    cls = jnp.broadcast_to((cls + posemb[self.max_len]).astype(self.dtype), (batch, 1, self.width))
-    x = layers.constrain(jnp.concatenate([x, cls], axis=1), layers.ACT_SEQUENCE)
-    real = tokens != self.pad_id
-    always = jnp.ones((batch, 1), bool)
-    key_valid = jnp.concatenate([real, always] if self.cls_mask == "exact" else [always, real], 1)
+    mask = None
+    if with_cls:
+      cls = self.param("cls_embedding", layers.logical(nn.initializers.normal(0.01), ("embed",)),
+                       (self.width,))
+      cls = jnp.broadcast_to((cls + posemb[self.max_len]).astype(self.dtype), (batch, 1, self.width))
+      x = jnp.concatenate([x, cls], axis=1)
+      real = tokens != self.pad_id
+      always = jnp.ones((batch, 1), bool)
+      key_valid = jnp.concatenate([real, always] if self.cls_mask == "exact" else [always, real], 1)
+      mask = key_valid[:, None, None, :]
+    x = layers.constrain(x, layers.ACT_SEQUENCE)
     x = layers.Stack(self.depth, remat_policy=self.remat_policy, name="encoder", block=dict(
         layout=("self_attn", "mlp"), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
-        attention_impl=self.attention_impl))(x, None, key_valid[:, None, None, :])
-    cls_out = layers.layer_norm(self.ln_eps, self.dtype, "final_norm")(x[:, length])
-    return x[:, :length], cls_out
+        attention_impl=self.attention_impl))(x, None, mask)
+    final_norm = layers.layer_norm(self.ln_eps, self.dtype, "final_norm")
+    if with_cls:
+      return x[:, :length], final_norm(x[:, length])
+    eos_position = jnp.argmax(tokens == self.eos_id, axis=1)
+    return x, final_norm(jnp.take_along_axis(x, eos_position[:, None, None], axis=1)[:, 0])
 
 
 class MultimodalDecoder(nn.Module):
