@@ -2,7 +2,13 @@
 
 Weight decay is decoupled in the AdamW sense for both optimizers: the update is
 `-lr * (preconditioned_gradient + weight_decay * param)`, applied only where the mask allows.
-Frozen parameters (regexes over '/'-joined paths) get no optimizer state and a zero update.
+Frozen parameters (regexes over '/'-joined paths) get no optimizer state and a zero update (and the
+trainer computes no gradient for them).
+
+Training modes (`config.training_mode`, VideoCoCa sec. 3.2): 'ft' trains everything; 'lit' freezes
+the image encoder; 'frozen' trains only the poolers (and parameters new to video: temporal
+embeddings, the temporal transformer); 'frozen_ft' is 'frozen' up to step
+`config.frozen_ft_boundary`, then 'ft'. `config.optimizer.frozen` adds patterns to any mode.
 """
 from __future__ import annotations
 
@@ -50,23 +56,52 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   raise ValueError(f"config.optimizer.name={cfg.name!r}; choose 'adamw' or 'adafactor'.")
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int
+FROZEN_PATTERNS = {
+    "ft": (),
+    "lit": (r"^visual/(?!temporal_embedding$)",),
+    "frozen": (r"^(?!(pooling|image_proj|temporal_encoder)/|temporal_embedding$"
+               r"|visual/temporal_embedding$)",),
+}
+TRAINING_MODES = ("ft", "lit", "frozen", "frozen_ft")
+
+
+def stages(config: ml_collections.ConfigDict) -> list[tuple[int, tuple[str, ...]]]:
+  """`[(first_step, frozen_patterns), ...]` of the training mode; steps count from 1."""
+  mode = config.get("training_mode", "ft")
+  extra = tuple(config.optimizer.get("frozen", ()))
+  if mode not in TRAINING_MODES:
+    raise ValueError(f"config.training_mode={mode!r}; choose one of {TRAINING_MODES}.")
+  if mode == "frozen_ft":
+    boundary = config.get("frozen_ft_boundary", 0)
+    if not 0 < boundary < config.total_steps:
+      raise ValueError(f"config.frozen_ft_boundary={boundary} must be between 0 and "
+                       f"config.total_steps={config.total_steps}.")
+    return [(1, FROZEN_PATTERNS["frozen"] + extra), (boundary + 1, extra)]
+  return [(1, FROZEN_PATTERNS[mode] + extra)]
+
+
+def stage_of(config: ml_collections.ConfigDict, step: int) -> int:
+  """Index of the stage that runs (or ran) `step`; the state after step s belongs to stage_of(s)."""
+  return max(i for i, (first, _) in enumerate(stages(config)) if first <= max(step, 1))
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int,
+                   frozen: tuple[str, ...] = ()
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The full update rule for `params` (a pytree, abstract values are fine) and its lr schedule."""
+  """The update rule for `params` (a pytree, abstract values are fine) and its lr schedule;
+  parameters matching a `frozen` pattern get no state and zero updates."""
   schedule = make_schedule(cfg, total_steps)
   paths = sharding.tree_paths(params)
   decay_mask = jax.tree.map(lambda p: not sharding.path_matches(p, cfg.wd_exclude), paths)
   tx = _base_optimizer(cfg, schedule, decay_mask)
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
-  frozen = tuple(cfg.get("frozen", ()))
   if frozen:
     labels = jax.tree.map(lambda p: "frozen" if sharding.path_matches(p, frozen) else "train", paths)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule
 
 
-def is_frozen(cfg: ml_collections.ConfigDict, params: Any) -> Any:
-  """Boolean tree: which parameters `cfg.frozen` freezes."""
-  frozen = tuple(cfg.get("frozen", ()))
+def is_frozen(frozen: tuple[str, ...], params: Any) -> Any:
+  """Boolean tree: which parameters match a `frozen` pattern."""
   return jax.tree.map(lambda p: sharding.path_matches(p, frozen), sharding.tree_paths(params))

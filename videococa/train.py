@@ -22,7 +22,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videococa import checkpoint, inputs, metric_writer, sharding, trainer as trainer_lib
+from videococa import checkpoint, inputs, metric_writer, optim, sharding, trainer as trainer_lib
 from videococa.metric_writer import console
 
 
@@ -66,6 +66,26 @@ def _log_step(writer, progress, step, pending, elapsed, steps, trainer, config):
   return metrics
 
 
+def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]:
+  """The latest checkpoint if there is one, else a fresh state (from `config.init_from` if set)."""
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, _ = ckpt.restore(latest, trainer.abstract_state())
+    console(f"Resuming from the checkpoint at step {latest} in {ckpt.directory}.")
+    return state, True
+  state = trainer.init_state()
+  if config.get("init_from"):
+    module = trainer_lib.load_model_module(config.model_name)
+    params, report = module.load(jax.device_get(state.params), config.init_from, config.model)
+    state = trainer.init_state(params=params)
+    console(f"Initialised from {config.init_from}: {len(report['copied'])} parameters copied, "
+            f"{len(report['resized'])} resized, {len(report['new'])} new, "
+            f"{len(report['unused'])} unused.")
+  else:
+    console(f"Starting from scratch: no checkpoint in {ckpt.directory}.")
+  return state, False
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) training to `config.total_steps`.
 
@@ -73,23 +93,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `resumed` (bool), `preempted` (bool) and the last logged `metrics`.
   """
   mesh = sharding.make_mesh(config.mesh)
-  trainer = trainer_lib.Trainer(config, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  save_interval_steps=config.checkpoint_every,
                                  max_to_keep=config.keep_checkpoints)
   writer = metric_writer.MetricWriter(workdir)
   preemption = PreemptionSignal()
   try:
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state, _ = ckpt.restore(latest, trainer.abstract_state())
-      console(f"Resuming from the checkpoint at step {latest} in {ckpt.directory}.")
-    else:
-      state = trainer.init_state()
-      console(f"Starting from scratch: no checkpoint in {ckpt.directory}.")
+    trainer = trainer_lib.Trainer(config, mesh, optim.stage_of(config, ckpt.latest_step() or 0))
+    state, resumed = _initial_state(config, trainer, ckpt)
     start = int(jax.device_get(state.step))
-    summary = dict(start_step=start, end_step=start, resumed=latest is not None, preempted=False,
-                   metrics={})
+    summary = dict(start_step=start, end_step=start, resumed=resumed, preempted=False, metrics={})
     if start >= config.total_steps:
       console(f"Step {start} >= config.total_steps={config.total_steps}: nothing to do.")
       return summary
@@ -101,20 +114,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
 
 
+def _compile(trainer, batch) -> None:
+  start = time.perf_counter()
+  trainer.compile_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})
+  console(f"Compiled the train step (stage {trainer.stage}) in {time.perf_counter() - start:.1f}s.")
+
+
 def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir) -> dict:
   """Steps from `start` to `config.total_steps`, logging and checkpointing; see `train`."""
   batches = inputs.make_train_iterator(config, trainer.mesh, start, workdir)
   first = next(batches)
-  compile_start = time.perf_counter()
-  trainer.compile_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in first.items()})
-  console(f"Compiled the train step in {time.perf_counter() - compile_start:.1f}s.")
+  _compile(trainer, first)
   batches = itertools.chain([first], batches)
   progress = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
                        disable=jax.process_index() != 0, dynamic_ncols=True)
   pending, previous_streak, metrics = [], None, {}
   tick, tick_step, step = time.perf_counter(), start, start
   for step in range(start + 1, config.total_steps + 1):
-    state, step_metrics = trainer.step(state, next(batches))
+    batch = next(batches)
+    if optim.stage_of(config, step) != trainer.stage:  # E.g. frozen -> fine-tuning.
+      trainer = trainer_lib.Trainer(config, trainer.mesh, optim.stage_of(config, step))
+      state = trainer.continue_from(state)
+      _compile(trainer, batch)
+    state, step_metrics = trainer.step(state, batch)
     pending.append(step_metrics)
     # Lagged check of the previous step's skip streak: that step is done, so this never stalls.
     if previous_streak is not None and int(previous_streak) > config.max_consecutive_nonfinite:

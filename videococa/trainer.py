@@ -61,9 +61,10 @@ def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:
 
 
 class Trainer:
-  """Model + optimizer + shardings for `mesh`, and the compiled train step."""
+  """Model + optimizer + shardings for `mesh`, and the compiled train step, for one training stage
+  (`stage` indexes `optim.stages(config)`: which parameters are frozen)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, stage: int = 0):
     self.config = config
     self.mesh = mesh
     self.model = load_model_module(config.model_name).Model(**config.model)
@@ -75,9 +76,11 @@ class Trainer:
       boxed = jax.eval_shape(self._init_params, jax.random.key(0))
     self.param_shardings = sharding.logical_shardings(boxed, mesh)
     self.abstract_params = nn.unbox(boxed)
-    self.frozen = optim.is_frozen(config.optimizer, self.abstract_params)
+    self.stage = stage
+    frozen_patterns = optim.stages(config)[stage][1]
+    self.frozen = optim.is_frozen(frozen_patterns, self.abstract_params)
     self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.abstract_params,
-                                                  config.total_steps)
+                                                  config.total_steps, frozen_patterns)
     replicated = NamedSharding(mesh, P())
     abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
     self.state_shardings = TrainState(
@@ -121,6 +124,13 @@ class Trainer:
         return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
       _, state_rng = jax.random.split(rng)
       return jax.jit(self._state_from_params, out_shardings=self.state_shardings)(params, state_rng)
+
+  def continue_from(self, state: TrainState) -> TrainState:
+    """A state of another stage (another frozen set) carried into this one: same parameters, step,
+    RNG and counters, with a fresh optimizer state for this stage's trainable parameters."""
+    fresh = self.init_state(params=state.params)
+    return fresh.replace(step=state.step, rng=state.rng, nonfinite_streak=state.nonfinite_streak,
+                         nonfinite_total=state.nonfinite_total)
 
   def loss_fn(self, params, batch):
     """Total CoCa loss and metrics for a batch (`frames`, `text` `[batch, max_len + 1]`)."""

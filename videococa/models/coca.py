@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from videococa.models import layers, poolers, text, vit
+from videococa.models import layers, poolers, text, video as video_lib, vit
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -23,7 +23,8 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 
 
 class Model(nn.Module):
-  """CoCa. Sizes come from the config sub-dicts (`videococa/models/presets.py` has named ones).
+  """CoCa / VideoCoCa. Sizes come from the config sub-dicts (`videococa/models/presets.py` has
+  named ones); `video` picks how clips are encoded (`videococa/models/video.py`).
 
   `__call__(frames, tokens)` with frames `[batch, frames, H, W, 3]` (or images `[batch, H, W, 3]`)
   in [-1, 1] and tokens `[batch, len]` int returns a dict:
@@ -38,6 +39,7 @@ class Model(nn.Module):
   pooler: Any
   text: Any
   decoder: Any
+  video: Any = None
   tie_embedding: bool = False
   vocab_bias: bool = False
   temperature_init: float = 0.07
@@ -52,7 +54,21 @@ class Model(nn.Module):
     dtype = jnp.dtype(self.dtype)
     common = dict(dtype=dtype, attention_impl=self.attention_impl, ln_eps=self.ln_eps)
     towers = dict(common, remat_policy=self.remat_policy, mlp_act=self.mlp_act)
-    self.visual = vit.VisionTransformer(**self.vision, **towers)
+    self.video_cfg = video = {**video_lib.DEFAULTS, **(self.video or {})}
+    if video["variant"] not in video_lib.VARIANTS:
+      raise ValueError(f"model.video.variant={video['variant']!r}; choose one of "
+                       f"{video_lib.VARIANTS}.")
+    self.visual = vit.VisionTransformer(
+        **self.vision, **towers, num_frames=video["num_frames"],
+        joint_space_time=video["variant"] == "joint_space_time")
+    if video["variant"] == "attentional_pooler" and video["temporal_embedding"]:
+      self.frame_embedding = self.param(
+          "temporal_embedding", layers.logical(nn.initializers.zeros, ("positions", "embed")),
+          (video["num_frames"], self.vision["width"]))
+    if video["variant"] == "factorized":
+      self.temporal_encoder = video_lib.TemporalEncoder(
+          depth=video["temporal_depth"], num_heads=self.pooler["num_heads"],
+          mlp_dim=4 * self.pooler["width"], num_frames=video["num_frames"], **towers)
     self.pooling = poolers.VisualPooling(**self.pooler, **common)
     self.token_embedding = nn.Embed(
         self.vocab_size, self.text["width"], dtype=dtype, param_dtype=jnp.float32,
@@ -74,12 +90,29 @@ class Model(nn.Module):
         nn.initializers.constant(math.log(1.0 / self.temperature_init)), ()), ())
 
   def encode_visual(self, frames):
-    """`[batch, frames, H, W, 3]` -> (image_emb `[batch, embed_dim]` normalised, caption tokens)."""
+    """`[batch, frames, H, W, 3]` (or `[batch, H, W, 3]`) -> (image_emb `[batch, embed_dim]`
+    normalised, captioning tokens `[batch, tokens, width]`)."""
     if frames.ndim == 4:
       frames = frames[:, None]
     tokens = self.visual(frames)  # [batch, frames, tokens, width]
     batch, num_frames, num_tokens, width = tokens.shape
-    pooled, caption = self.pooling(tokens.reshape(batch, num_frames * num_tokens, width))
+    variant = self.video_cfg["variant"]
+    if variant in ("attentional_pooler", "joint_space_time"):
+      if hasattr(self, "frame_embedding"):
+        video_lib.check_frames(num_frames, self.video_cfg["num_frames"])
+        tokens = tokens + self.frame_embedding[:num_frames, None, :].astype(tokens.dtype)
+      pooled, caption = self.pooling(tokens.reshape(batch, num_frames * num_tokens, width))
+    else:  # Per-frame pooling.
+      pooled, caption = self.pooling(tokens.reshape(batch * num_frames, num_tokens, width))
+      pooled = pooled.reshape(batch, num_frames, 1, -1)
+      caption = caption.reshape(batch, num_frames, *caption.shape[1:])
+      if variant == "factorized":
+        mixed = self.temporal_encoder(jnp.concatenate([pooled, caption], axis=2))
+        pooled, caption = mixed[:, :, :1], mixed[:, :, 1:]
+        caption = caption.reshape(batch, -1, caption.shape[-1])
+      else:  # mean_pool
+        caption = caption.mean(axis=1)
+      pooled = pooled.mean(axis=(1, 2))
     return l2_normalize(self.image_proj(pooled)), caption
 
   def encode_text(self, tokens):
@@ -111,3 +144,50 @@ class Model(nn.Module):
       if self.is_initializing():  # Create the vocabulary projection's parameters too.
         self.logits(out["hidden"][:, :1])
     return out
+
+
+def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int | None = None
+         ) -> tuple[Any, dict[str, list[str]]]:
+  """Initialises `init_params` from the checkpoint at `init_file` (a workdir, its checkpoints/, or a
+  `videococa.convert` output): e.g. an image CoCa into a VideoCoCa (inflation).
+
+  Parameters present in both with equal shapes are copied; a ViT position embedding for another
+  image size is bilinearly resized; parameters only in `init_params` (temporal embeddings, the
+  temporal transformer) keep their fresh initialisation; checkpoint parameters the model does not
+  have are ignored. Any other shape mismatch raises naming the parameter and both shapes.
+  Returns (params, report) with report keys 'copied', 'resized', 'new', 'unused' (lists of paths).
+  """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from videococa import checkpoint  # pylint: disable=g-import-not-at-top
+  loaded, _ = checkpoint.load_params(init_file, step)
+  ours = traverse_util.flatten_dict(init_params, sep="/")
+  theirs = traverse_util.flatten_dict(loaded, sep="/")
+  num_prefix = int(bool(model_cfg and model_cfg["vision"].get("class_token", False)))
+  report: dict[str, list[str]] = dict(copied=[], resized=[], new=[], unused=[])
+  out = {}
+  for path, target in ours.items():
+    if path not in theirs:
+      out[path] = target
+      report["new"].append(path)
+      continue
+    source = jnp.asarray(theirs[path])
+    if source.shape == target.shape:
+      out[path] = source.astype(target.dtype)
+      report["copied"].append(path)
+    elif path == "visual/pos_embedding" and source.shape[-1] == target.shape[-1]:
+      out[path] = vit.resize_posemb(source, _grid(source.shape[0] - num_prefix),
+                                    _grid(target.shape[0] - num_prefix), num_prefix)
+      report["resized"].append(f"{path} {source.shape} -> {target.shape}")
+    else:
+      raise ValueError(f"Cannot initialise {path} from {init_file}: the checkpoint has shape "
+                       f"{source.shape}, the model expects {target.shape}; check config.model "
+                       "against the checkpoint's model.")
+  report["unused"] = sorted(set(theirs) - set(ours))
+  return traverse_util.unflatten_dict(out, sep="/"), report
+
+
+def _grid(num_tokens: int) -> tuple[int, int]:
+  side = math.isqrt(num_tokens)
+  if side * side != num_tokens:
+    raise ValueError(f"A position embedding of {num_tokens} patch tokens is not a square grid.")
+  return side, side

@@ -77,10 +77,12 @@ class HeadsOutput(nn.Module):
   """`[..., heads, head_dim] -> [..., width]` (kernel `[heads, head_dim, width]`, bias)."""
   width: int
   dtype: Dtype = jnp.float32
+  zero_init: bool = False
 
   @nn.compact
   def __call__(self, x):
-    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    init = (nn.initializers.zeros if self.zero_init else
+            nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2))
     kernel = self.param("kernel", logical(init, ("heads", "kv", "embed")), (*x.shape[-2:], self.width))
     bias = self.param("bias", logical(nn.initializers.zeros, ("embed",)), (self.width,))
     return jnp.einsum("...hk,hkd->...d", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
@@ -97,6 +99,7 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
   is_causal: bool = False
+  zero_init_output: bool = False
 
   @nn.compact
   def __call__(self, x, context=None, mask=None):
@@ -112,7 +115,8 @@ class Attention(nn.Module):
     out = jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=self.is_causal,
         implementation=resolve_attention_impl(self.attention_impl, self.dtype))
-    return constrain(HeadsOutput(width, self.dtype, name="out")(out), ACT_SEQUENCE)
+    out = HeadsOutput(width, self.dtype, self.zero_init_output, name="out")(out)
+    return constrain(out, ACT_SEQUENCE)
 
 
 class Mlp(nn.Module):
@@ -120,6 +124,7 @@ class Mlp(nn.Module):
   mlp_dim: int
   act: str = "gelu"
   dtype: Dtype = jnp.float32
+  zero_init_output: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -128,8 +133,8 @@ class Mlp(nn.Module):
               kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "mlp")),
               bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
     h = constrain(ACTIVATIONS[self.act](h), ("activation_batch", "activation_length", "activation_mlp"))
-    out = dense(x.shape[-1], name="fc2",
-                kernel_init=logical(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+    out_init = nn.initializers.zeros if self.zero_init_output else nn.initializers.xavier_uniform()
+    out = dense(x.shape[-1], name="fc2", kernel_init=logical(out_init, ("mlp", "embed")),
                 bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
     return constrain(out, ACT_SEQUENCE)
 
@@ -147,7 +152,8 @@ class Block(nn.Module):
   """Pre-LayerNorm residual block: `x = x + sublayer(LayerNorm(x))` for each kind in `layout`.
 
   Kinds: 'self_attn' (causal if `causal`), 'cross_attn' (to `context`, whose LayerNorm is optional),
-  'mlp'. Called as `(x, context, mask) -> (x, None)` so that `nn.scan` can carry `x` `[batch, len,
+  'mlp'. With `zero_init_residual` every sub-layer's output projection starts at zero, so the block
+  starts as the identity (used for layers added to a pretrained model). Called as `(x, context, mask) -> (x, None)` so that `nn.scan` can carry `x` `[batch, len,
   width]` over layers; `context` `[batch, ctx_len, ctx_width]` and `mask` are shared by all layers.
   """
   layout: tuple[str, ...]
@@ -157,13 +163,15 @@ class Block(nn.Module):
   ln_eps: float = 1e-6
   causal: bool = False
   cross_attn_kv_norm: bool = True
+  zero_init_residual: bool = False
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, context=None, mask=None):
     attention = functools.partial(Attention, num_heads=self.num_heads, dtype=self.dtype,
-                                  attention_impl=self.attention_impl)
+                                  attention_impl=self.attention_impl,
+                                  zero_init_output=self.zero_init_residual)
     for kind, name in zip(self.layout, sublayer_names(self.layout)):
       h = layer_norm(self.ln_eps, self.dtype, f"{name}_norm")(x)
       if kind == "self_attn":
@@ -174,7 +182,7 @@ class Block(nn.Module):
           kv = layer_norm(self.ln_eps, self.dtype, f"{name}_kv_norm")(kv)
         h = attention(name=name)(h, kv)
       elif kind == "mlp":
-        h = Mlp(self.mlp_dim, self.mlp_act, self.dtype, name=name)(h)
+        h = Mlp(self.mlp_dim, self.mlp_act, self.dtype, self.zero_init_residual, name=name)(h)
       else:
         raise ValueError(f"Unknown sub-layer kind {kind!r} in layout {self.layout}; "
                          "use 'self_attn', 'cross_attn' or 'mlp'.")

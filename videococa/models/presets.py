@@ -1,4 +1,9 @@
-"""Named model configurations (CoCa paper table 1 sizes and a tiny one for tests)."""
+"""Named model configurations: CoCa paper table 1 sizes, a tiny one for tests, and open_clip's.
+
+The `openclip_*` presets reproduce open_clip's architectures exactly (`videococa/openclip.py`
+converts their weights): CoCa with open_clip's single attentional pooler and legacy CLS mask, and
+plain CLIP (class-token pooling, end-of-text text pooling, no decoder).
+"""
 from __future__ import annotations
 
 import ml_collections
@@ -36,6 +41,70 @@ def _coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, 
   ))
 
 
+def openclip_coca(*, embed_dim: int, image_size: int, patch_size: int, vision_width: int,
+                  vision_depth: int, vision_heads: int, text_width: int, text_depth: int,
+                  text_heads: int, decoder_depth: int, decoder_heads: int, pooler_heads: int,
+                  pooler_queries: int = 256, vocab_size: int = 49408, context_length: int = 76,
+                  pad_id: int = 0, vision_mlp_ratio: float = 4.0, text_mlp_ratio: float = 4.0,
+                  mlp_act: str = "gelu") -> ml_collections.ConfigDict:
+  """open_clip's `CoCa` (`attentional_pool=True`, `embed_cls=True`); arguments mirror its config.
+
+  Visual: CLIP ViT (class token, ln_pre, no bias on the patch conv) -> one attentional pooler of
+  `pooler_queries` queries of width `embed_dim` (ln_k, ln_q, then ln_post on its output): query 0 is
+  the contrastive output, the other queries are the decoder's captioning tokens. Text: CLS appended
+  with open_clip's legacy padding mask. Decoder: each layer is open_clip's self-attention resblock
+  followed by its cross-attention resblock (open_clip always gives the decoder 4x MLPs). MLP widths
+  are `int(width * mlp_ratio)` as in open_clip; LayerNorm epsilon 1e-5 (torch's default).
+  """
+  return ml_collections.ConfigDict(dict(
+      embed_dim=embed_dim,
+      vocab_size=vocab_size,
+      max_len=context_length,
+      vision=dict(image_size=image_size, patch_size=patch_size, width=vision_width,
+                  depth=vision_depth, mlp_dim=int(vision_width * vision_mlp_ratio),
+                  num_heads=vision_heads, class_token=True, pre_norm=True, final_norm=False,
+                  patch_bias=False),
+      pooler=dict(mode="single", num_queries=pooler_queries, width=embed_dim,
+                  num_heads=pooler_heads, kv_norm=True, query_norm=True),
+      text=dict(width=text_width, depth=text_depth, mlp_dim=int(text_width * text_mlp_ratio),
+                num_heads=text_heads, pad_id=pad_id, pool="cls", cls_mask="openclip_legacy"),
+      decoder=dict(depth=decoder_depth, mlp_dim=4 * text_width, num_heads=decoder_heads,
+                   layout=("self_attn", "mlp", "cross_attn", "mlp")),
+      **_openclip_common(mlp_act)))
+
+
+def openclip_clip(*, embed_dim: int, image_size: int, patch_size: int, vision_width: int,
+                  vision_depth: int, vision_heads: int, text_width: int, text_depth: int,
+                  text_heads: int, eos_id: int = 49407, vocab_size: int = 49408,
+                  context_length: int = 77, vision_mlp_ratio: float = 4.0,
+                  text_mlp_ratio: float = 4.0, mlp_act: str = "gelu") -> ml_collections.ConfigDict:
+  """open_clip's `CLIP` (ViT vision tower; arguments mirror its config): no multimodal decoder.
+
+  Visual: class token after ln_post (`final_norm`), then `visual.proj`. Text: causal encoder pooled
+  at the first `eos_id` token after ln_final (open_clip's 'argmax' pooling when, as with CLIP's
+  tokenizer, the end-of-text token has the largest id).
+  """
+  return ml_collections.ConfigDict(dict(
+      embed_dim=embed_dim,
+      vocab_size=vocab_size,
+      max_len=context_length,
+      vision=dict(image_size=image_size, patch_size=patch_size, width=vision_width,
+                  depth=vision_depth, mlp_dim=int(vision_width * vision_mlp_ratio),
+                  num_heads=vision_heads, class_token=True, pre_norm=True, final_norm=True,
+                  patch_bias=False),
+      pooler=dict(mode="class_token"),
+      text=dict(width=text_width, depth=text_depth, mlp_dim=int(text_width * text_mlp_ratio),
+                num_heads=text_heads, pad_id=0, pool="eos", eos_id=eos_id),
+      decoder=dict(depth=0),
+      **_openclip_common(mlp_act)))
+
+
+def _openclip_common(mlp_act: str) -> dict:
+  return dict(tie_embedding=False, vocab_bias=False, temperature_init=0.07,
+              temperature_range=(0.01, 1.0), dtype="float32", attention_impl="auto",
+              remat_policy="none", ln_eps=1e-5, mlp_act=mlp_act)
+
+
 PRESETS = {
     # For tests and smoke runs: compiles in seconds on a CPU.
     "coca_tiny": lambda: _coca(width=32, depth=2, mlp_dim=64, heads=2, text_depth=1, image_size=32,
@@ -49,6 +118,23 @@ PRESETS = {
     "coca_large": lambda: _coca(width=1024, depth=24, mlp_dim=4096, heads=16, text_depth=12,
                                 image_size=288, patch_size=18, vocab_size=64_000, max_len=64,
                                 num_queries=256, embed_dim=1024),
+    # open_clip's model_configs/coca_ViT-B-32.json (attn_pooler_heads from its vision_cfg).
+    "openclip_coca_vit_b32": lambda: openclip_coca(
+        embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_depth=12,
+        vision_heads=12, text_width=512, text_depth=12, text_heads=8, decoder_depth=12,
+        decoder_heads=8, pooler_heads=8),
+    # open_clip's model_configs/coca_ViT-L-14.json.
+    "openclip_coca_vit_l14": lambda: openclip_coca(
+        embed_dim=768, image_size=224, patch_size=14, vision_width=1024, vision_depth=24,
+        vision_heads=16, text_width=768, text_depth=12, text_heads=12, decoder_depth=12,
+        decoder_heads=12, pooler_heads=8),
+    # open_clip's model_configs/ViT-B-32.json and ViT-B-16.json (GELU, not OpenAI's QuickGELU).
+    "openclip_vit_b32": lambda: openclip_clip(
+        embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_depth=12,
+        vision_heads=12, text_width=512, text_depth=12, text_heads=8),
+    "openclip_vit_b16": lambda: openclip_clip(
+        embed_dim=512, image_size=224, patch_size=16, vision_width=768, vision_depth=12,
+        vision_heads=12, text_width=512, text_depth=12, text_heads=8),
 }
 
 

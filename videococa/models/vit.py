@@ -23,9 +23,12 @@ class VisionTransformer(nn.Module):
   """ViT: patchify each frame, add learned positions, pre-LN transformer blocks.
 
   `__call__(frames [batch, frames, H, W, 3]) -> tokens [batch, frames, tokens, width]`; `tokens` is the
-  number of patches plus one if `class_token` (the class token comes first). Frames are folded into
-  the batch, so every frame is encoded independently by the same weights. The position embedding is
-  stored for `image_size` and bilinearly resized when the input has another size.
+  number of patches plus one if `class_token` (the class token comes first). By default frames are
+  folded into the batch, so every frame is encoded independently by the same weights. With
+  `joint_space_time` (VideoCoCa's joint encoder) all frames' tokens form one sequence and a learned
+  temporal embedding (zero-initialised, `num_frames` rows) is added, so at initialisation every
+  token starts from its per-frame spatial embedding. The position embedding is stored for
+  `image_size` and bilinearly resized when the input has another size.
   """
   image_size: int
   patch_size: int
@@ -37,6 +40,8 @@ class VisionTransformer(nn.Module):
   pre_norm: bool = False  # LayerNorm before the blocks (CLIP's ln_pre).
   final_norm: bool = True
   patch_bias: bool = True
+  joint_space_time: bool = False
+  num_frames: int = 1
   mlp_act: str = "gelu"
   ln_eps: float = 1e-6
   dtype: layers.Dtype = jnp.float32
@@ -71,6 +76,8 @@ class VisionTransformer(nn.Module):
                                                         ("positions", "embed")),
                         (num_prefix + self.grid[0] * self.grid[1], self.width))
     x = x + resize_posemb(posemb, self.grid, grid, num_prefix).astype(x.dtype)
+    if self.joint_space_time:
+      x = self._add_time(x.reshape(batch, num_frames, -1, self.width))
     x = layers.constrain(x, layers.ACT_SEQUENCE)
     if self.pre_norm:
       x = layers.layer_norm(self.ln_eps, self.dtype, "pre_norm")(x)
@@ -80,4 +87,16 @@ class VisionTransformer(nn.Module):
         attention_impl=self.attention_impl))(x)
     if self.final_norm:
       x = layers.layer_norm(self.ln_eps, self.dtype, "final_norm")(x)
-    return x.reshape(batch, num_frames, x.shape[1], self.width)
+    return x.reshape(batch, num_frames, -1, self.width)
+
+  def _add_time(self, x):
+    """`[batch, frames, tokens, width]` + temporal embedding -> `[batch, frames * tokens, width]`."""
+    batch, num_frames, num_tokens, width = x.shape
+    if num_frames > self.num_frames:
+      raise ValueError(f"Clip of {num_frames} frames exceeds model.video.num_frames="
+                       f"{self.num_frames} (the temporal embedding's length); raise it.")
+    temporal = self.param("temporal_embedding", layers.logical(nn.initializers.zeros,
+                                                               ("positions", "embed")),
+                          (self.num_frames, width))
+    x = x + temporal[:num_frames, None, :].astype(x.dtype)
+    return x.reshape(batch, num_frames * num_tokens, width)

@@ -1,0 +1,171 @@
+"""VideoCoCa: the four video variants, training modes with frozen parameters, image -> video inflation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from videococa import checkpoint, config_utils, optim, sharding, train, trainer as trainer_lib
+from videococa.models import coca, presets, video
+
+NUM_FRAMES = 4
+
+
+def _video_config(variant, **video):
+  cfg = presets.get("coca_tiny")
+  cfg.video = dict(dict(variant=variant, num_frames=NUM_FRAMES, temporal_embedding=False,
+                        temporal_depth=2), **video)
+  return cfg
+
+
+def _data(num_frames, seed=0):
+  rng = np.random.default_rng(seed)
+  frames = jnp.asarray(rng.uniform(-1, 1, (2, num_frames, 32, 32, 3)), jnp.float32)
+  tokens = jnp.asarray(rng.integers(4, 64, (2, 12)), jnp.int32)
+  return frames, tokens
+
+
+@pytest.fixture(scope="module")
+def image_model():
+  cfg = presets.get("coca_tiny")
+  model = coca.Model(**cfg)
+  params = model.init(jax.random.key(0), *_data(1))["params"]
+  return model, jax.tree.map(lambda x: getattr(x, "value", x), params,
+                             is_leaf=lambda x: hasattr(x, "value"))
+
+
+def _with_shared(video_params, image_params):
+  """The video model's params with every parameter the image model has copied from it."""
+  flat_video = traverse_util.flatten_dict(video_params)
+  flat_image = traverse_util.flatten_dict(image_params)
+  return traverse_util.unflatten_dict({k: flat_image.get(k, v) for k, v in flat_video.items()})
+
+
+@pytest.mark.parametrize("variant,extra", [
+    ("attentional_pooler", {}), ("attentional_pooler", {"temporal_embedding": True}),
+    ("factorized", {}), ("joint_space_time", {}), ("mean_pool", {})])
+def test_one_frame_clip_gives_exactly_the_image_model(image_model, variant, extra):
+  model_img, params_img = image_model
+  model = coca.Model(**_video_config(variant, **extra))
+  frames, tokens = _data(1)
+  params = model.init(jax.random.key(1), frames, tokens)["params"]
+  params = _with_shared(jax.tree.map(lambda x: getattr(x, "value", x), params,
+                                     is_leaf=lambda x: hasattr(x, "value")), params_img)
+  expected = jax.jit(model_img.apply)({"params": params_img}, frames, tokens)
+  got = jax.jit(model.apply)({"params": params}, frames, tokens)
+  for key in expected:  # Equal up to the rounding of two differently fused XLA programs.
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)
+  clip = jax.jit(model.apply)({"params": params}, _data(NUM_FRAMES)[0], tokens)
+  assert clip["hidden"].shape == expected["hidden"].shape
+  assert not np.allclose(clip["image_emb"], expected["image_emb"])
+
+
+def test_joint_space_time_at_init_equals_per_frame_encoding(image_model):
+  """With the temporal embedding at its zero init, joint attention over a static clip (the same
+  frame repeated) gives each frame exactly its per-frame tokens: duplicated keys do not change a
+  softmax average."""
+  model_img, params_img = image_model
+  model = coca.Model(**_video_config("joint_space_time"))
+  frames, tokens = _data(1)
+  params = model.init(jax.random.key(1), frames, tokens)["params"]
+  params = _with_shared(jax.tree.map(lambda x: getattr(x, "value", x), params,
+                                     is_leaf=lambda x: hasattr(x, "value")), params_img)
+  static = jnp.repeat(frames, NUM_FRAMES, axis=1)
+  joint_tokens = model.apply({"params": params}, static, method=lambda m, f: m.visual(f))
+  frame_tokens = model_img.apply({"params": params_img}, frames, method=lambda m, f: m.visual(f))
+  for t in range(NUM_FRAMES):
+    np.testing.assert_allclose(joint_tokens[:, t], frame_tokens[:, 0], atol=2e-5)
+  # A non-zero temporal embedding breaks the equality: it really is used.
+  params["visual"]["temporal_embedding"] = jax.random.normal(
+      jax.random.key(0), params["visual"]["temporal_embedding"].shape)
+  moved = model.apply({"params": params}, static, method=lambda m, f: m.visual(f))
+  assert not np.allclose(moved[:, 0], frame_tokens[:, 0], atol=1e-3)
+
+
+def test_too_many_frames_error_names_the_field():
+  model = coca.Model(**_video_config("factorized"))
+  frames, tokens = _data(1)
+  variables = model.init(jax.random.key(0), frames, tokens)
+  with pytest.raises(ValueError, match="model.video.num_frames=4"):
+    model.apply(variables, _data(NUM_FRAMES + 1)[0], tokens)
+
+
+def _train_config(mode, **overrides):
+  config = config_utils.load_config("configs/coca.py:tiny")
+  config.model.video = dict(variant="factorized", num_frames=2, temporal_embedding=False,
+                            temporal_depth=1)
+  config.input.num_frames = 2
+  config.input.batch_size = 8
+  config.mesh = dict(data=1)
+  config.training_mode = mode
+  config.update(overrides)
+  return config
+
+
+@pytest.mark.parametrize("mode", ["lit", "frozen"])
+def test_frozen_parameters_are_bit_identical_after_training(mode):
+  config = _train_config(mode)
+  trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
+  state = trainer.init_state()
+  before = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+  frozen = traverse_util.flatten_dict(trainer.frozen, sep="/")
+  rng = np.random.default_rng(0)
+  from videococa import inputs  # pylint: disable=g-import-not-at-top
+  for _ in range(3):
+    batch = inputs.random_batch(rng, 8, 2, 32, 13, 64)
+    state, _ = trainer.step(state, sharding.put_batch(batch, trainer.mesh))
+  after = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+  assert any(frozen.values()) and not all(frozen.values())
+  for path, is_frozen in frozen.items():
+    if is_frozen:
+      np.testing.assert_array_equal(after[path], before[path], err_msg=path)
+    else:
+      assert not np.array_equal(after[path], before[path]), path
+  # LiT freezes exactly the image encoder; 'frozen' trains only poolers / new temporal parts.
+  trained = {p for p, f in frozen.items() if not f}
+  if mode == "lit":
+    assert {p for p in frozen if p.startswith("visual/")} == {p for p, f in frozen.items() if f}
+  else:
+    assert all(p.startswith(("pooling/", "image_proj/", "temporal_encoder/")) for p in trained)
+  # Frozen parameters carry no optimizer state (Adam moments only for the trainable ones).
+  moments = sum(x.size for x in jax.tree.leaves(state.opt_state))
+  trainable = sum(before[p].size for p in trained)
+  assert moments < 2 * trainable + 100
+
+
+def test_frozen_ft_switches_stage_at_the_boundary(tmp_path):
+  config = _train_config("frozen_ft", total_steps=4, frozen_ft_boundary=2, checkpoint_every=2,
+                         log_every=1)
+  assert optim.stage_of(config, 2) == 0 and optim.stage_of(config, 3) == 1
+  summary = train.train(config, str(tmp_path))
+  assert summary["end_step"] == 4
+  params = {s: traverse_util.flatten_dict(checkpoint.load_params(str(tmp_path), s)[0], sep="/")
+            for s in (2, 4)}
+  kernel = "visual/encoder/layers/mlp/fc1/kernel"
+  first = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh)).init_state()
+  start = traverse_util.flatten_dict(jax.device_get(first.params), sep="/")
+  np.testing.assert_array_equal(params[2][kernel], start[kernel])  # Frozen in stage 0...
+  assert not np.array_equal(params[4][kernel], params[2][kernel])  # ...fine-tuned in stage 1.
+
+
+def test_inflation_copies_shared_resizes_positions_and_reports_new(tmp_path, image_model):
+  _, params_img = image_model
+  checkpoint.save_params(str(tmp_path / "image"), params_img, dict(model_name="coca"))
+  cfg = _video_config("factorized")
+  cfg.vision.image_size = 48  # 6x6 patches instead of 4x4.
+  model = coca.Model(**cfg)
+  init = model.init(jax.random.key(3), jnp.zeros((1, 2, 48, 48, 3)), _data(1)[1][:1])["params"]
+  init = jax.tree.map(lambda x: getattr(x, "value", x), init, is_leaf=lambda x: hasattr(x, "value"))
+  params, report = coca.load(init, str(tmp_path / "image"), cfg)
+  flat, flat_img = (traverse_util.flatten_dict(p, sep="/") for p in (params, params_img))
+  for path in report["copied"]:
+    np.testing.assert_array_equal(flat[path], flat_img[path])
+  assert len(report["copied"]) == len(flat_img) - 1
+  assert report["resized"] == ["visual/pos_embedding (16, 32) -> (36, 32)"]
+  assert flat["visual/pos_embedding"].shape == (36, 32)
+  assert report["new"] and all(p.startswith("temporal_encoder/") for p in report["new"])
+  cfg.text.width = 16
+  bad = coca.Model(**cfg).init(jax.random.key(0), jnp.zeros((1, 1, 48, 48, 3)), _data(1)[1][:1])
+  with pytest.raises(ValueError, match="the checkpoint has shape"):
+    coca.load(jax.tree.map(lambda x: getattr(x, "value", x), bad["params"],
+                           is_leaf=lambda x: hasattr(x, "value")), str(tmp_path / "image"), cfg)
