@@ -49,6 +49,7 @@ class Model(nn.Module):
   remat_policy: str = "none"
   ln_eps: float = 1e-6
   mlp_act: str = "gelu"
+  decoding: bool = False  # Incremental captioning with KV caches (see `decode_step`).
 
   def setup(self):
     dtype = jnp.dtype(self.dtype)
@@ -73,7 +74,8 @@ class Model(nn.Module):
     self.token_embedding = nn.Embed(
         self.vocab_size, self.text["width"], dtype=dtype, param_dtype=jnp.float32,
         embedding_init=layers.logical(nn.initializers.normal(0.02), ("vocab", "embed")))
-    self.text_encoder = text.TextEncoder(max_len=self.max_len, **self.text, **towers)
+    self.text_encoder = text.TextEncoder(max_len=self.max_len, **self.text, **towers,
+                                         decode=self.decoding)
     dense = lambda features, axes, name, bias=False: nn.Dense(  # noqa: E731
         features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32, name=name,
         kernel_init=layers.logical(nn.initializers.normal(features ** -0.5), axes),
@@ -81,7 +83,7 @@ class Model(nn.Module):
     self.image_proj = dense(self.embed_dim, ("embed", "proj"), "image_proj")
     self.text_proj = dense(self.embed_dim, ("embed", "proj"), "text_proj")
     if self.decoder["depth"]:
-      self.text_decoder = text.MultimodalDecoder(**self.decoder, **towers)
+      self.text_decoder = text.MultimodalDecoder(**self.decoder, **towers, decode=self.decoding)
       if not self.tie_embedding:
         self.vocab_proj = dense(self.vocab_size, ("embed", "vocab"), "vocab_proj", self.vocab_bias)
     lo, hi = self.temperature_range
@@ -132,6 +134,15 @@ class Model(nn.Module):
       out = self.vocab_proj(hidden)
     return layers.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
 
+  def decode_step(self, tokens, caption_tokens=None):
+    """Decoding mode: `tokens` `[batch, n]` continuing the cached prefix -> logits `[batch, n, vocab]`.
+
+    Pass the captioning tokens `[batch, queries, width]` on the first call (their cross-attention
+    keys/values are cached) and None afterwards. Allocate the cache with `init_decode_cache`.
+    """
+    features, _ = self.text_encoder(self.token_embedding(tokens), tokens)
+    return self.logits(self.text_decoder(features, caption_tokens))
+
   def temperature_scale(self):
     return jnp.exp(jnp.clip(self.logit_scale, *self.logit_scale_bounds))
 
@@ -144,6 +155,23 @@ class Model(nn.Module):
       if self.is_initializing():  # Create the vocabulary projection's parameters too.
         self.logits(out["hidden"][:, :1])
     return out
+
+
+def init_decode_cache(model: Model, params: Any, caption_tokens: jax.Array, max_len: int) -> Any:
+  """A zeroed decoding cache (the 'cache' collection) for `max_len` tokens, on the batch of
+  `caption_tokens` `[batch, queries, width]`. `model` may be in decoding mode or not."""
+  model = model.clone(decoding=True)
+  tokens = jnp.zeros((caption_tokens.shape[0], max_len), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda p: model.apply({"params": p}, tokens, caption_tokens, method="decode_step",
+                            mutable=["cache"])[1]["cache"], params)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def reorder_cache(cache: Any, indices: jax.Array) -> Any:
+  """Gathers the batch rows `indices` `[new_batch]` of a decoding cache (beam search). Cache arrays
+  are `[layers, batch, ...]` (scanned stacks); per-layer indices and positions have no batch axis."""
+  return jax.tree.map(lambda x: jnp.take(x, indices, axis=1) if x.ndim >= 2 else x, cache)
 
 
 def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int | None = None

@@ -91,15 +91,23 @@ class HeadsOutput(nn.Module):
 class Attention(nn.Module):
   """Multi-head dot-product attention with separate query / key / value projections.
 
-  Inputs `x` `[batch, q_len, width]` and optional `context` `[batch, kv_len, kv_width]` (self-attention
-  when None); `mask` is boolean, broadcastable to `[batch, heads, q_len, kv_len]`, True = attend.
-  Returns `[batch, q_len, width]`.
+  `x` `[batch, q_len, width]`; `context` `[batch, kv_len, kv_width]` for cross-attention (`cross`);
+  `mask` boolean, broadcastable to `[batch, heads, q_len, kv_len]`, True = attend. Returns
+  `[batch, q_len, width]`.
+
+  With `decode` (incremental decoding), keys/values live in the 'cache' collection. The cache is
+  allocated by an `init` call on full-length inputs. Self-attention then appends each call's keys /
+  values at the cache index and attends causally to everything cached so far; cross-attention
+  projects `context` once (the call that passes it) and reuses the cached keys / values on calls
+  with `context=None`.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
   is_causal: bool = False
   zero_init_output: bool = False
+  cross: bool = False
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x, context=None, mask=None):
@@ -107,16 +115,51 @@ class Attention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
     project = functools.partial(HeadsProjection, self.num_heads, width // self.num_heads, self.dtype)
-    context = x if context is None else context
     heads_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     q = constrain(project(name="query")(x), heads_axes)
-    k = constrain(project(name="key")(context), heads_axes)
-    v = constrain(project(name="value")(context), heads_axes)
+    is_causal = self.is_causal
+    if self.cross:
+      k, v = self._cross_keys_values(project, context)
+    else:
+      k, v = project(name="key")(x), project(name="value")(x)
+      if self.decode and self.has_variable("cache", "cached_key"):
+        k, v, mask = self._append_to_cache(k, v)
+        is_causal = False  # The cache mask is causal already.
+      elif self.decode:  # Allocating the cache.
+        self._append_to_cache(k, v)
+    k, v = constrain(k, heads_axes), constrain(v, heads_axes)
     out = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, is_causal=self.is_causal,
+        q, k, v, mask=mask, is_causal=is_causal,
         implementation=resolve_attention_impl(self.attention_impl, self.dtype))
     out = HeadsOutput(width, self.dtype, self.zero_init_output, name="out")(out)
     return constrain(out, ACT_SEQUENCE)
+
+  def _cross_keys_values(self, project, context):
+    if context is not None:
+      k, v = project(name="key")(context), project(name="value")(context)
+      if self.decode:
+        self.put_variable("cache", "cached_key", k)
+        self.put_variable("cache", "cached_value", v)
+      return k, v
+    if not self.decode:
+      raise ValueError("Cross-attention needs a context outside decode mode.")
+    return self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
+
+  def _append_to_cache(self, k, v):
+    """Writes `[batch, n, heads, head_dim]` keys/values at the cache index; returns all cached keys,
+    values `[batch, max_len, heads, head_dim]` and the causal mask `[1, 1, n, max_len]`."""
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    i = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
+                                                  (0, i, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
+                                                  (0, i, 0, 0))
+    index.value = i + k.shape[1]
+    query_pos = i + jnp.arange(k.shape[1])
+    mask = jnp.arange(cached_k.value.shape[1])[None, :] <= query_pos[:, None]
+    return cached_k.value, cached_v.value, mask[None, None]
 
 
 class Mlp(nn.Module):
@@ -153,8 +196,10 @@ class Block(nn.Module):
 
   Kinds: 'self_attn' (causal if `causal`), 'cross_attn' (to `context`, whose LayerNorm is optional),
   'mlp'. With `zero_init_residual` every sub-layer's output projection starts at zero, so the block
-  starts as the identity (used for layers added to a pretrained model). Called as `(x, context, mask) -> (x, None)` so that `nn.scan` can carry `x` `[batch, len,
-  width]` over layers; `context` `[batch, ctx_len, ctx_width]` and `mask` are shared by all layers.
+  starts as the identity (used for layers added to a pretrained model). `decode` switches the
+  attention to KV-cached incremental decoding. Called as `(x, context, mask) -> (x, None)` so that
+  `nn.scan` can carry `x` `[batch, len, width]` over layers; `context` `[batch, ctx_len, ctx_width]`
+  and `mask` are shared by all layers.
   """
   layout: tuple[str, ...]
   num_heads: int
@@ -164,13 +209,14 @@ class Block(nn.Module):
   causal: bool = False
   cross_attn_kv_norm: bool = True
   zero_init_residual: bool = False
+  decode: bool = False
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, context=None, mask=None):
     attention = functools.partial(Attention, num_heads=self.num_heads, dtype=self.dtype,
-                                  attention_impl=self.attention_impl,
+                                  attention_impl=self.attention_impl, decode=self.decode,
                                   zero_init_output=self.zero_init_residual)
     for kind, name in zip(self.layout, sublayer_names(self.layout)):
       h = layer_norm(self.ln_eps, self.dtype, f"{name}_norm")(x)
@@ -178,9 +224,9 @@ class Block(nn.Module):
         h = attention(is_causal=self.causal, name=name)(h, mask=mask)
       elif kind == "cross_attn":
         kv = context
-        if self.cross_attn_kv_norm:
+        if self.cross_attn_kv_norm and kv is not None:
           kv = layer_norm(self.ln_eps, self.dtype, f"{name}_kv_norm")(kv)
-        h = attention(name=name)(h, kv)
+        h = attention(cross=True, name=name)(h, kv)
       elif kind == "mlp":
         h = Mlp(self.mlp_dim, self.mlp_act, self.dtype, self.zero_init_residual, name=name)(h)
       else:
@@ -193,7 +239,8 @@ class Block(nn.Module):
 class Stack(nn.Module):
   """`depth` identical `Block`s, scanned (parameters stacked on a leading 'layers' axis).
 
-  `block` holds the `Block` fields; `remat_policy` is a key of `REMAT_POLICIES`.
+  `block` holds the `Block` fields; `remat_policy` is a key of `REMAT_POLICIES` (ignored when
+  decoding). Decoding caches are stacked on the same leading axis.
   """
   depth: int
   block: dict
@@ -204,9 +251,10 @@ class Stack(nn.Module):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {list(REMAT_POLICIES)}.")
     block_cls = Block
-    if self.remat_policy != "none":
+    if self.remat_policy != "none" and not self.block.get("decode", False):
       block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
-    scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+    scanned = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = scanned(**self.block, name="layers")(x, context, mask)

@@ -1,6 +1,7 @@
 """Text side of CoCa: the unimodal text encoder (with an appended CLS) and the multimodal decoder."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -24,6 +25,9 @@ class TextEncoder(nn.Module):
   `pool='eos'` (CLIP): no CLS; the output at the first `eos_id` token (CLIP's end-of-text) is pooled.
   `pooled` has the final LayerNorm applied; `token_features` are raw block outputs (what the
   multimodal decoder reads, as in open_clip).
+
+  With `decode` (incremental captioning) there is no CLS and `pooled` is None: each call continues
+  the cached prefix at the next positions.
   """
   max_len: int
   width: int
@@ -39,6 +43,7 @@ class TextEncoder(nn.Module):
   dtype: layers.Dtype = jnp.float32
   attention_impl: str = "xla"
   remat_policy: str = "none"
+  decode: bool = False
 
   @nn.compact
   def __call__(self, embedded, tokens):
@@ -53,6 +58,8 @@ class TextEncoder(nn.Module):
     posemb = self.param("pos_embedding", layers.logical(nn.initializers.normal(0.01),
                                                         ("positions", "embed")),
                         (self.max_len + with_cls, self.width))
+    if self.decode:
+      return self._decode(embedded, posemb), None
     x = embedded + posemb[:length].astype(self.dtype)
     mask = None
     if with_cls:
@@ -64,23 +71,38 @@ class TextEncoder(nn.Module):
       always = jnp.ones((batch, 1), bool)
       key_valid = jnp.concatenate([real, always] if self.cls_mask == "exact" else [always, real], 1)
       mask = key_valid[:, None, None, :]
-    x = layers.constrain(x, layers.ACT_SEQUENCE)
-    x = layers.Stack(self.depth, remat_policy=self.remat_policy, name="encoder", block=dict(
-        layout=("self_attn", "mlp"), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
-        attention_impl=self.attention_impl))(x, None, mask)
+    x = self._stack()(layers.constrain(x, layers.ACT_SEQUENCE), None, mask)
     final_norm = layers.layer_norm(self.ln_eps, self.dtype, "final_norm")
     if with_cls:
       return x[:, :length], final_norm(x[:, length])
     eos_position = jnp.argmax(tokens == self.eos_id, axis=1)
     return x, final_norm(jnp.take_along_axis(x, eos_position[:, None, None], axis=1)[:, 0])
 
+  def _stack(self, **block):
+    return layers.Stack(self.depth, remat_policy=self.remat_policy, name="encoder", block=dict(
+        layout=("self_attn", "mlp"), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+        mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
+        attention_impl=self.attention_impl, **block))
+
+  def _decode(self, embedded, posemb):
+    """`[batch, n, width]` token embeddings at the next n cached positions -> features."""
+    allocated = self.has_variable("cache", "position")
+    position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+    length = embedded.shape[1]
+    if allocated:
+      pos = jax.lax.dynamic_slice_in_dim(posemb, position.value, length)
+      position.value = position.value + length
+    else:
+      pos = posemb[:length]
+    return self._stack(decode=True)(embedded + pos.astype(self.dtype))
+
 
 class MultimodalDecoder(nn.Module):
   """Causal decoder cross-attending to the captioning tokens.
 
   `__call__(text [batch, len, width], visual [batch, queries, visual_width]) -> [batch, len, width]`
-  (after the final LayerNorm; the vocabulary projection lives in the CoCa model).
+  (after the final LayerNorm; the vocabulary projection lives in the CoCa model). With `decode`,
+  `visual` is passed once (its cross-attention keys/values are cached) and None afterwards.
   """
   depth: int
   mlp_dim: int
@@ -91,11 +113,12 @@ class MultimodalDecoder(nn.Module):
   dtype: layers.Dtype = jnp.float32
   attention_impl: str = "xla"
   remat_policy: str = "none"
+  decode: bool = False
 
   @nn.compact
   def __call__(self, text, visual):
     x = layers.Stack(self.depth, remat_policy=self.remat_policy, name="decoder", block=dict(
         layout=tuple(self.layout), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
-        attention_impl=self.attention_impl))(text, visual)
+        attention_impl=self.attention_impl, decode=self.decode))(text, visual)
     return layers.layer_norm(self.ln_eps, self.dtype, "final_norm")(x)
