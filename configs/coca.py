@@ -1,9 +1,10 @@
 """Image CoCa pretraining.
 
 Variants (`--config=configs/coca.py:VARIANT[,runlocal]`):
-  tiny   the `coca_tiny` model on random data (tests, smoke runs; no TensorFlow needed)
-  base   CoCa-Base (383M) on random data: plug your data into `config.input`
-  large  CoCa-Large (787M), same
+  tiny          the `coca_tiny` model on random data (tests, smoke runs; no TensorFlow needed)
+  shapes_image  a small CoCa on the embedded shapes_video image-text view (the main job's stage 1)
+  base          CoCa-Base (383M) on random data: plug your data into `config.input`
+  large         CoCa-Large (787M), same
 `runlocal` shrinks any variant to a few small steps on this machine. Every field can be overridden
 on the command line, e.g. `--config.optimizer.lr=1e-4 --config.mesh.fsdp=8`.
 """
@@ -12,6 +13,9 @@ import ml_collections
 from videococa import config_utils
 from videococa.models import presets
 
+SHAPES_TEXT_LEN = 24  # Shapes captions are at most 18 words.
+SHAPES_PP = ('decode_image|resize(64)|choose_caption|tokenize({})|keep("frames", "text")'
+             .format(SHAPES_TEXT_LEN + 1))
 WD_EXCLUDE = (r"bias$", r"scale$", r"pos_embedding$", r"cls_embedding$", r"class_embedding$",
               r"query$", r"logit_scale$")
 
@@ -21,7 +25,8 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model_name = "coca"
-  config.model = presets.get(f"coca_{arg.variant}")
+  config.model = presets.get("coca_shapes" if arg.variant == "shapes_image" else
+                             f"coca_{arg.variant}")
   config.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices.
 
   config.input = dict(source="random", batch_size=4096, num_frames=1, fixed=False, prefetch=2)
@@ -38,7 +43,19 @@ def get_config(arg=None):
   config.max_consecutive_nonfinite = 10
   config.peak_tflops = 0.0  # 0: look the accelerator up in trainer.PEAK_TFLOPS.
 
-  if arg.variant == "tiny":
+  if arg.variant == "shapes_image":
+    config.model.max_len = SHAPES_TEXT_LEN
+    config.input.update(source="tfds", batch_size=64,
+                        data=dict(name="shapes_video/image", split="train", data_dir=None, dir=None),
+                        pp=SHAPES_PP, mixture={}, shuffle_buffer=2000, cache=True,
+                        num_parallel_calls=-1, tokenizer="{workdir}/tokenizer.model",
+                        tokenizer_vocab_size=256)
+    config.optimizer.update(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=100,
+                            decay="cosine")
+    config.total_steps = 1500
+    config.log_every = 50
+    config.checkpoint_every = 500
+  elif arg.variant == "tiny":
     config.model.dtype = "float32"
     config.input.batch_size = 16
     config.optimizer.update(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=5,
@@ -51,7 +68,7 @@ def get_config(arg=None):
     config.model.remat_policy = "dots_no_batch"
 
   if arg.runlocal:
-    config.input.batch_size = 8
+    config.input.batch_size = 16 if arg.variant == "shapes_image" else 8
     config.total_steps = 10
     config.log_every = 2
     config.checkpoint_every = 5

@@ -61,6 +61,17 @@ def test_forward_values_are_normalised_and_finite(tiny):
   np.testing.assert_allclose(out["logit_scale"], 1 / 0.07, rtol=1e-5)
 
 
+def test_outputs_depend_on_the_inputs(tiny):
+  """Every example's embeddings and captioning tokens are its own (no input is ignored)."""
+  cfg, model, params = tiny
+  frames, tokens = _inputs(cfg, batch=3)
+  image_emb, caption = model.apply({"params": params}, frames, method="encode_visual")
+  text_emb, features = model.apply({"params": params}, tokens, method="encode_text")
+  for x in (image_emb, caption, text_emb, features):
+    assert np.abs(np.asarray(x[0]) - np.asarray(x[1])).max() > 1e-3
+    assert np.abs(np.asarray(x[1]) - np.asarray(x[2])).max() > 1e-3
+
+
 def test_image_is_a_one_frame_clip(tiny):
   cfg, model, params = tiny
   frames, tokens = _inputs(cfg)

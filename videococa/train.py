@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -127,7 +128,8 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
   _compile(trainer, first)
   batches = itertools.chain([first], batches)
   progress = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
-                       disable=jax.process_index() != 0, dynamic_ncols=True)
+                       disable=jax.process_index() != 0, dynamic_ncols=True,
+                       mininterval=0.5 if sys.stderr.isatty() else 30)
   pending, previous_streak, metrics = [], None, {}
   tick, tick_step, step = time.perf_counter(), start, start
   for step in range(start + 1, config.total_steps + 1):

@@ -91,7 +91,8 @@ class HeadsOutput(nn.Module):
 class Attention(nn.Module):
   """Multi-head dot-product attention with separate query / key / value projections.
 
-  `x` `[batch, q_len, width]`; `context` `[batch, kv_len, kv_width]` for cross-attention (`cross`);
+  `x` `[batch, q_len, width]`; `context` `[batch, kv_len, kv_width]` for cross-attention (given,
+  or `cross` for a cross-attention that reads cached keys/values while decoding);
   `mask` boolean, broadcastable to `[batch, heads, q_len, kv_len]`, True = attend. Returns
   `[batch, q_len, width]`.
 
@@ -118,7 +119,7 @@ class Attention(nn.Module):
     heads_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     q = constrain(project(name="query")(x), heads_axes)
     is_causal = self.is_causal
-    if self.cross:
+    if self.cross or context is not None:
       k, v = self._cross_keys_values(project, context)
     else:
       k, v = project(name="key")(x), project(name="value")(x)
