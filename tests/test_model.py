@@ -47,6 +47,9 @@ def test_output_shapes_every_preset(name):
   out = jax.eval_shape(model.apply, variables, frames, tokens)
   assert out["image_emb"].shape == (3, cfg.embed_dim)
   assert out["text_emb"].shape == (3, cfg.embed_dim)
+  if not cfg.decoder.depth:  # CLIP dual encoders have no captioning decoder.
+    assert "hidden" not in out
+    return
   assert out["hidden"].shape == (3, cfg.max_len, cfg.text.width)
   logits = jax.eval_shape(lambda v, h: model.apply(v, h, method="logits"), variables, out["hidden"])
   assert logits.shape == (3, cfg.max_len, cfg.vocab_size)

@@ -110,6 +110,10 @@ PRESETS = {
     "coca_tiny": lambda: _coca(width=32, depth=2, mlp_dim=64, heads=2, text_depth=1, image_size=32,
                                patch_size=8, vocab_size=64, max_len=12, num_queries=8,
                                embed_dim=32),
+    # The embedded shapes_video runs (./run.sh): 64x64 frames, 8x8 patches; ~2M parameters.
+    "coca_shapes": lambda: _coca(width=128, depth=4, mlp_dim=512, heads=4, text_depth=2,
+                                 image_size=64, patch_size=8, vocab_size=256, max_len=24,
+                                 num_queries=32, embed_dim=128),
     # CoCa-Base: ViT-B/18 at 288px, 12 + 12 decoder layers, 383M parameters.
     "coca_base": lambda: _coca(width=768, depth=12, mlp_dim=3072, heads=12, text_depth=12,
                                image_size=288, patch_size=18, vocab_size=64_000, max_len=64,

@@ -1,0 +1,77 @@
+r"""Converts model checkpoints; the first argument names the conversion.
+
+  # open_clip weights (.pt/.pth/.bin state_dict or training checkpoint, or .safetensors) -> a
+  # videococa params checkpoint (checkpoint.load_params reads it; its meta has the model config).
+  python -m videococa.convert from_open_clip --model=coca_ViT-B-32 \
+      --checkpoint=open_clip_model.safetensors --out=/tmp/coca_b32
+
+  # videococa params (a convert output or a training workdir) -> an open_clip state_dict file that
+  # open_clip.create_model('coca_ViT-B-32').load_state_dict(torch.load(FILE)) accepts.
+  python -m videococa.convert to_open_clip --model=coca_ViT-B-32 --checkpoint=/tmp/coca_b32 \
+      --out=/tmp/coca_b32.pt
+
+`--model` is an open_clip model name (`openclip.OPENCLIP_PRESETS`) or an open_clip model config
+.json. Conversions are exact (reshapes and transposes only).
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from videococa import checkpoint, openclip
+
+
+def from_open_clip(model: str, checkpoint_path: str, out: str) -> None:
+  """open_clip weights file -> videococa params checkpoint directory `out` (new or empty)."""
+  config = openclip.get_config(model)
+  if os.path.exists(out) and os.listdir(out):
+    raise FileExistsError(f"--out={out} exists and is not empty; pass a new directory.")
+  params = openclip.to_videococa(openclip.load_state_dict(checkpoint_path), config)
+  meta = dict(model_name="coca", model=config.to_dict(),
+              source=f"open_clip {model} {os.path.abspath(checkpoint_path)}",
+              image_normalization=openclip.image_normalization(model))
+  checkpoint.save_params(out, params, meta)
+  logging.info("Wrote the params of open_clip %s to %s.", model, out)
+
+
+def to_open_clip(model: str, checkpoint_path: str, out: str) -> None:
+  """videococa params (convert output or training workdir) -> open_clip state_dict file `out`."""
+  config = openclip.get_config(model)
+  openclip.check_state_dict_path(out)
+  params, _ = checkpoint.load_params(checkpoint_path)
+  openclip.save_state_dict(openclip.to_openclip(params, config), out)
+  logging.info("Wrote an open_clip %s state_dict to %s.", model, out)
+
+
+def _define_flags():
+  flags.DEFINE_string("model", None, "open_clip model name or model config .json file.")
+  flags.DEFINE_string("checkpoint", None, "Input checkpoint file or directory.")
+  flags.DEFINE_string("out", None, "Output file or directory.")
+
+
+def _flags(command: str, *names: str) -> list[str]:
+  """Values of the flags `names`, which `command` needs."""
+  missing = [f"--{name}" for name in names if flags.FLAGS[name].value is None]
+  if missing:
+    raise app.UsageError(f"{command} needs {', '.join(missing)}.")
+  return [flags.FLAGS[name].value for name in names]
+
+
+# Subcommand -> function of its name that reads its flags and runs it.
+COMMANDS = {
+    "from_open_clip": lambda cmd: from_open_clip(*_flags(cmd, "model", "checkpoint", "out")),
+    "to_open_clip": lambda cmd: to_open_clip(*_flags(cmd, "model", "checkpoint", "out")),
+}
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"Usage: python -m videococa.convert {{{'|'.join(COMMANDS)}}} --flags; "
+                         f"got arguments {argv[1:]}.")
+  COMMANDS[argv[1]](argv[1])
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
