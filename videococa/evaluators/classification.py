@@ -1,0 +1,58 @@
+"""Zero-shot classification: each class is the text embedding of its name in several prompts.
+
+Class c's classifier is the mean over templates t of the (unit) text embeddings of
+`templates[t].format(class_names[c])`, renormalised to unit length (CLIP's prompt ensembling). A
+clip's scores are the dot products of its image embedding with the C classifiers.
+
+Config fields (besides `common.COMMON_FIELDS`):
+  class_names: [C] names, in label order (label i is class_names[i]).
+  templates: prompt templates, each with one '{}' (e.g. 'a video of {}.').
+  label_key: the pp key holding the int label ('label').
+  text_batch_size: prompts per text batch (0: batch_size).
+
+Result: `videococa.evaluators.metrics.classification_metrics` (top1, top5, per_class_accuracy,
+mean_per_class_accuracy, confusion_matrix, num_examples, chance = 1 / C) plus class_names and
+num_templates.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from videococa.evaluators import common, metrics
+
+
+class Classification(common.Evaluator):
+  """Zero-shot classification by class-name prompts."""
+  FIELDS = dict(class_names=common.REQUIRED, templates=common.REQUIRED, label_key="label",
+                text_batch_size=0)
+
+  def __init__(self, name, eval_config, **kwargs):
+    super().__init__(name, eval_config, **kwargs)
+    self.class_names = [str(c) for c in self.cfg["class_names"]]
+    self.templates = [str(t) for t in self.cfg["templates"]]
+    if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+      raise ValueError(f"{self.where}.class_names={self.class_names}: give distinct names, one per "
+                       "label, in label order.")
+    bad = [t for t in self.templates if t.count("{}") != 1]
+    if not self.templates or bad:
+      raise ValueError(f"{self.where}.templates: every template needs exactly one '{{}}' for the "
+                       f"class name (e.g. 'a video of {{}}.'); got {bad or self.templates}.")
+    self.prompts = [t.format(c) for c in self.class_names for t in self.templates]  # Class-major.
+    self.encoder = self.make_encoder(self.cfg["text_batch_size"])
+
+  def classifier(self, params) -> np.ndarray:
+    """float32 `[C, embed_dim]`: per class, the renormalised mean of its prompts' embeddings."""
+    prompts = self.encoder.text_embeddings(params, self.prompts)
+    per_template = prompts.reshape(len(self.class_names), len(self.templates), -1)
+    return common.l2_normalize(per_template.mean(axis=1))
+
+  def run(self, params) -> dict:
+    classifier = self.classifier(params)
+    image_emb, info = self.encoder.image_embeddings(params, self.batches())
+    labels = np.asarray(self.require(info, self.cfg["label_key"]))
+    if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+      raise ValueError(f"{self.where}: the data has labels in [{labels.min()}, {labels.max()}] but "
+                       f"class_names has {len(self.class_names)} names; give one per label.")
+    result = metrics.classification_metrics(image_emb @ classifier.T, labels, self.class_names)
+    result.update(class_names=self.class_names, num_templates=len(self.templates))
+    return result
