@@ -10,16 +10,23 @@ r"""Converts model checkpoints; the first argument names the conversion.
   python -m videococa.convert to_open_clip --model=coca_ViT-B-32 --checkpoint=/tmp/coca_b32 \
       --out=/tmp/coca_b32.pt
 
+  # An image CoCa checkpoint -> the VideoCoCa of a config: shared parameters copied, new ones
+  # (temporal embeddings / transformer) initialised, ViT positions resized if the image size changed.
+  python -m videococa.convert inflate --from=IMAGE_WORKDIR \
+      --config=configs/videococa.py:shapes,video=factorized --out=/tmp/video_init
+
 `--model` is an open_clip model name (`openclip.OPENCLIP_PRESETS`) or an open_clip model config
-.json. Conversions are exact (reshapes and transposes only).
+.json. open_clip conversions are exact (reshapes and transposes only).
 """
 from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags, logging
 
-from videococa import checkpoint, openclip
+from videococa import checkpoint, config_utils, openclip, trainer
 
 
 def from_open_clip(model: str, checkpoint_path: str, out: str) -> None:
@@ -44,10 +51,35 @@ def to_open_clip(model: str, checkpoint_path: str, out: str) -> None:
   logging.info("Wrote an open_clip %s state_dict to %s.", model, out)
 
 
+def inflate(source: str, config_spec: str, out: str) -> dict[str, list[str]]:
+  """Image CoCa checkpoint `source` -> params of the model of `config_spec` (a VideoCoCa), saved
+  to `out`; prints which parameters were copied, resized and newly initialised."""
+  config = config_utils.load_config(config_spec)
+  module = trainer.load_model_module(config.model_name)
+  model = module.Model(**config.model)
+  size = config.model.vision.image_size
+  frames = jnp.zeros((1, config.input.num_frames, size, size, 3))
+  init = jax.jit(model.init)(jax.random.key(config.seed), frames,
+                             jnp.zeros((1, config.model.max_len), jnp.int32))["params"]
+  params, report = module.load(jax.device_get(jax.tree.map(
+      lambda x: getattr(x, "value", x), init, is_leaf=lambda x: hasattr(x, "value"))),
+                               source, config.model)
+  rows = [(status, path) for status in ("new", "resized", "copied") for path in report[status]]
+  print("\n".join(f"{status:8s} {path}" for status, path in rows))
+  print(f"{len(report['copied'])} copied, {len(report['resized'])} resized, {len(report['new'])} "
+        f"new; {len(report['unused'])} checkpoint parameters unused: {report['unused']}")
+  checkpoint.save_params(out, params, dict(model_name=config.model_name,
+                                           model=config.model.to_dict(),
+                                           source=f"inflated from {os.path.abspath(source)}"))
+  return report
+
+
 def _define_flags():
   flags.DEFINE_string("model", None, "open_clip model name or model config .json file.")
   flags.DEFINE_string("checkpoint", None, "Input checkpoint file or directory.")
   flags.DEFINE_string("out", None, "Output file or directory.")
+  flags.DEFINE_string("from", None, "inflate: the image CoCa checkpoint (workdir or directory).")
+  flags.DEFINE_string("config", None, "inflate: the video config, FILE[:ARG].")
 
 
 def _flags(command: str, *names: str) -> list[str]:
@@ -62,6 +94,7 @@ def _flags(command: str, *names: str) -> list[str]:
 COMMANDS = {
     "from_open_clip": lambda cmd: from_open_clip(*_flags(cmd, "model", "checkpoint", "out")),
     "to_open_clip": lambda cmd: to_open_clip(*_flags(cmd, "model", "checkpoint", "out")),
+    "inflate": lambda cmd: inflate(*_flags(cmd, "from", "config", "out")),
 }
 
 

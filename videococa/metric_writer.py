@@ -40,7 +40,7 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
     for name, value in scalars.items():
       self._tb.add_scalar(f"{prefix}/{name}", value, step)
-    self._jsonl.write(json.dumps(dict(step=step, prefix=prefix, **scalars)) + "\n")
+    self._jsonl.write(json.dumps({**scalars, "step": step, "prefix": prefix}) + "\n")
     self._jsonl.flush()
     console(f"[{prefix} step {step}] " +
             ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))

@@ -23,7 +23,8 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from videococa import checkpoint, inputs, metric_writer, optim, sharding, trainer as trainer_lib
+from videococa import checkpoint, evaluators, inputs, metric_writer, optim, sharding
+from videococa import trainer as trainer_lib
 from videococa.metric_writer import console
 
 
@@ -123,6 +124,7 @@ def _compile(trainer, batch) -> None:
 
 def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir) -> dict:
   """Steps from `start` to `config.total_steps`, logging and checkpointing; see `train`."""
+  evals = evaluators.build_all(config, model=trainer.model, mesh=trainer.mesh, workdir=workdir)
   batches = inputs.make_train_iterator(config, trainer.mesh, start, workdir)
   first = next(batches)
   _compile(trainer, first)
@@ -154,6 +156,10 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
       metrics = _log_step(writer, progress, step, pending, now - tick, step - tick_step, trainer,
                           config)
       pending, tick, tick_step = [], time.perf_counter(), step
+    due = evaluators.due(evals, step, config.total_steps)
+    if due:
+      progress.clear()
+      evaluators.run_all(due, state.params, step, writer, workdir)
     meta = dict(step=step, global_batch=config.input.batch_size, seed=config.seed)
     final = preemption.requested or step == config.total_steps
     ckpt.save(step, state, meta, force=final)

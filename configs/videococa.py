@@ -1,0 +1,102 @@
+"""VideoCoCa: an image CoCa adapted to video (arXiv 2212.04979).
+
+  --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE][,runlocal]
+
+DATA    shapes     the embedded shapes_video clips (16 frames, 64x64; 8 sampled), zero-shot evals on
+                   the held-out `test` compositions (motion classification, retrieval, captioning)
+        videocc3m  VideoCC3M-style pretraining at 8 frames: point `config.input.data.dir` at your
+                   ingested clips (python -m videococa.data.ingest ...) and `config.input.tokenizer`
+                   at a 64k SentencePiece model
+VARIANT attentional_pooler (default) | factorized | joint_space_time | mean_pool
+MODE    lit (default) | ft | frozen | frozen_ft (frozen for the first quarter, then ft)
+PATH    checkpoint to start from (an image CoCa workdir or a `videococa.convert` output);
+        inflated as in `python -m videococa.convert inflate`
+SIZE    base (default) | large  (videocc3m only)
+"""
+import os
+
+import ml_collections
+
+from videococa import config_utils
+from videococa.data import shapes
+
+_IMAGE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "coca.py")
+NUM_FRAMES = 8
+SHAPES_VIDEO = dict(name="shapes_video/video", data_dir=None, dir=None)
+
+
+def _shapes(config, arg):
+  """The shapes_video recipe: the small shapes model, 8 of the 16 frames, zero-shot test evals."""
+  text_len = config.model.max_len
+  config.input.update(
+      data=dict(SHAPES_VIDEO, split="train"), cache=True, batch_size=32,
+      pp=(f'sample_frames({NUM_FRAMES}, mode="random_segment")|decode_video|resize(64)|choose_caption|'
+          f'tokenize({text_len + 1})|keep("frames", "text")'))
+  eval_pp = (f'sample_frames({NUM_FRAMES})|decode_video|resize(64)|'
+             'keep("frames", "captions", "label", "id")')
+  test = dict(SHAPES_VIDEO, split="test")
+  config.evals = dict(
+      motion=dict(type="classification", every=0, batch_size=100, data=test, pp=eval_pp,
+                  class_names=list(shapes.MOTION_CLASS_NAMES),
+                  templates=list(shapes.MOTION_PROMPT_TEMPLATES), label_key="label"),
+      retrieval=dict(type="retrieval", every=0, batch_size=100, data=test, pp=eval_pp),
+      captioning=dict(type="captioning", every=0, batch_size=100, data=test, pp=eval_pp,
+                      decode=dict(method="greedy", max_new_tokens=text_len), show_examples=12,
+                      baseline_captions_from=dict(SHAPES_VIDEO, split="train")),
+  )
+  config.optimizer.update(lr=1e-3, warmup_steps=50, decay="cosine")
+  config.total_steps = 1500
+  config.log_every = 50
+  config.checkpoint_every = 500
+  if arg.runlocal:
+    config.total_steps = 20
+    config.log_every = 5
+    for e in config.evals.values():
+      e.batch_size = 20
+
+
+def _videocc3m(config, arg):
+  """VideoCC3M-style pretraining of CoCa-Base/Large at 8 frames of 288px."""
+  from videococa.models import presets  # pylint: disable=g-import-not-at-top
+  config.model = presets.get(f"coca_{arg.model}")
+  config.model.update(dtype="bfloat16", remat_policy="dots_no_batch")
+  size, text_len = config.model.vision.image_size, config.model.max_len
+  config.input.update(
+      data=dict(name=None, dir="/path/to/videocc3m_tfds", split="train", data_dir=None),
+      batch_size=1024, cache=False, tokenizer="/path/to/spm_64k.model", tokenizer_vocab_size=0,
+      pp=(f'sample_frames({NUM_FRAMES}, mode="random_segment")|decode_video|'
+          f'random_resized_crop({size}, scale=(0.5, 1.0))|choose_caption|'
+          f'tokenize({text_len + 1})|keep("frames", "text")'))
+  config.optimizer.update(name="adafactor", lr=1e-4, weight_decay=0.01, warmup_steps=1000,
+                          decay="linear")
+  config.total_steps = 100_000
+  config.log_every = 100
+  config.checkpoint_every = 2000
+  config.evals = {}  # Add e.g. MSR-VTT retrieval / K400 classification on ingested data.
+  if arg.runlocal:
+    config.input.batch_size = 8
+    config.total_steps = 10
+
+
+def get_config(arg=None):
+  arg = config_utils.parse_arg(arg, variant="shapes", video="attentional_pooler", mode="lit",
+                               init="", model="base", runlocal=False)
+  config = config_utils.load_config(f"{_IMAGE_CONFIG}:shapes_image" +
+                                    (",runlocal" if arg.runlocal else ""))
+  config.training_mode = arg.mode
+  config.frozen_ft_boundary = 0
+  config.init_from = arg.init
+  if arg.init:  # The image model's tokenizer.
+    config.input.tokenizer = os.path.join(arg.init, "tokenizer.model")
+  config.input.num_frames = NUM_FRAMES
+  if arg.variant == "shapes":
+    _shapes(config, arg)
+  elif arg.variant == "videocc3m":
+    _videocc3m(config, arg)
+  else:
+    raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use shapes or videocc3m.")
+  config.model.video = dict(variant=arg.video, num_frames=NUM_FRAMES,
+                            temporal_embedding=arg.video == "attentional_pooler", temporal_depth=2)
+  if arg.mode == "frozen_ft":
+    config.frozen_ft_boundary = config.total_steps // 4
+  return config
