@@ -139,7 +139,7 @@ def reorder_beams(cache: Any, parents: jax.Array) -> Any:
 
   `parents` `[batch, new_beams]`: new beam j of caption b continues old beam `parents[b, j]` of the
   same caption (old beams: 1 when the beams are first made, else new_beams). A gather within each
-  caption (what `coca.reorder_cache` does with flat indices, but kept local to the batch shard
+  caption (a gather of flat batch rows, but kept local to the batch shard
   instead of gathering the cache onto every device); cross-attention keys/values, equal over a
   caption's beams, are only copied when the beams are made.
   """

@@ -168,12 +168,6 @@ def init_decode_cache(model: Model, params: Any, caption_tokens: jax.Array, max_
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def reorder_cache(cache: Any, indices: jax.Array) -> Any:
-  """Gathers the batch rows `indices` `[new_batch]` of a decoding cache (beam search). Cache arrays
-  are `[layers, batch, ...]` (scanned stacks); per-layer indices and positions have no batch axis."""
-  return jax.tree.map(lambda x: jnp.take(x, indices, axis=1) if x.ndim >= 2 else x, cache)
-
-
 def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int | None = None
          ) -> tuple[Any, dict[str, list[str]]]:
   """Initialises `init_params` from the checkpoint at `init_file` (a workdir, its checkpoints/, or a
