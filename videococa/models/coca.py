@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from videococa.errors import UserError
 from videococa.models import layers, poolers, text, video as video_lib, vit
 
 
@@ -201,7 +202,7 @@ def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int |
                                     _grid(target.shape[0] - num_prefix), num_prefix)
       report["resized"].append(f"{path} {source.shape} -> {target.shape}")
     else:
-      raise ValueError(f"Cannot initialise {path} from {init_file}: the checkpoint has shape "
+      raise UserError(f"Cannot initialise {path} from {init_file}: the checkpoint has shape "
                        f"{source.shape}, the model expects {target.shape}; check config.model "
                        "against the checkpoint's model.")
   report["unused"] = sorted(set(theirs) - set(ours))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from videococa.errors import UserError
+
 
 def _coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, image_size: int,
           patch_size: int, vocab_size: int, max_len: int, num_queries: int, embed_dim: int,
@@ -60,10 +62,8 @@ def openclip_coca(*, embed_dim: int, image_size: int, patch_size: int, vision_wi
       embed_dim=embed_dim,
       vocab_size=vocab_size,
       max_len=context_length,
-      vision=dict(image_size=image_size, patch_size=patch_size, width=vision_width,
-                  depth=vision_depth, mlp_dim=int(vision_width * vision_mlp_ratio),
-                  num_heads=vision_heads, class_token=True, pre_norm=True, final_norm=False,
-                  patch_bias=False),
+      vision=_openclip_vision(image_size, patch_size, vision_width, vision_depth, vision_heads,
+                              vision_mlp_ratio, final_norm=False),
       pooler=dict(mode="single", num_queries=pooler_queries, width=embed_dim,
                   num_heads=pooler_heads, kv_norm=True, query_norm=True),
       text=dict(width=text_width, depth=text_depth, mlp_dim=int(text_width * text_mlp_ratio),
@@ -88,15 +88,22 @@ def openclip_clip(*, embed_dim: int, image_size: int, patch_size: int, vision_wi
       embed_dim=embed_dim,
       vocab_size=vocab_size,
       max_len=context_length,
-      vision=dict(image_size=image_size, patch_size=patch_size, width=vision_width,
-                  depth=vision_depth, mlp_dim=int(vision_width * vision_mlp_ratio),
-                  num_heads=vision_heads, class_token=True, pre_norm=True, final_norm=True,
-                  patch_bias=False),
+      vision=_openclip_vision(image_size, patch_size, vision_width, vision_depth, vision_heads,
+                              vision_mlp_ratio, final_norm=True),
       pooler=dict(mode="class_token"),
       text=dict(width=text_width, depth=text_depth, mlp_dim=int(text_width * text_mlp_ratio),
                 num_heads=text_heads, pad_id=0, pool="eos", eos_id=eos_id),
       decoder=dict(depth=0),
       **_openclip_common(mlp_act)))
+
+
+def _openclip_vision(image_size: int, patch_size: int, width: int, depth: int, heads: int,
+                     mlp_ratio: float, final_norm: bool) -> dict:
+  """open_clip's VisionTransformer: class token, ln_pre, no conv bias; ln_post as `final_norm`
+  (CLIP) or after the attentional pooler (CoCa)."""
+  return dict(image_size=image_size, patch_size=patch_size, width=width, depth=depth,
+              mlp_dim=int(width * mlp_ratio), num_heads=heads, class_token=True, pre_norm=True,
+              final_norm=final_norm, patch_bias=False)
 
 
 def _openclip_common(mlp_act: str) -> dict:
@@ -145,5 +152,5 @@ PRESETS = {
 def get(name: str) -> ml_collections.ConfigDict:
   """A fresh ConfigDict for the named model; raises with the known names otherwise."""
   if name not in PRESETS:
-    raise ValueError(f"Unknown model preset {name!r}; known: {sorted(PRESETS)}.")
+    raise UserError(f"Unknown model preset {name!r}; known: {sorted(PRESETS)}.")
   return PRESETS[name]()

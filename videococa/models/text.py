@@ -78,11 +78,8 @@ class TextEncoder(nn.Module):
     eos_position = jnp.argmax(tokens == self.eos_id, axis=1)
     return x, final_norm(jnp.take_along_axis(x, eos_position[:, None, None], axis=1)[:, 0])
 
-  def _stack(self, **block):
-    return layers.Stack(self.depth, remat_policy=self.remat_policy, name="encoder", block=dict(
-        layout=("self_attn", "mlp"), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
-        attention_impl=self.attention_impl, **block))
+  def _stack(self, decode: bool = False):
+    return causal_stack(self, "encoder", ("self_attn", "mlp"), decode)
 
   def _decode(self, embedded, posemb):
     """`[batch, n, width]` token embeddings at the next n cached positions -> features."""
@@ -117,8 +114,14 @@ class MultimodalDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, text, visual):
-    x = layers.Stack(self.depth, remat_policy=self.remat_policy, name="decoder", block=dict(
-        layout=tuple(self.layout), num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=True, dtype=self.dtype,
-        attention_impl=self.attention_impl, decode=self.decode))(text, visual)
+    x = causal_stack(self, "decoder", tuple(self.layout), self.decode)(text, visual)
     return layers.layer_norm(self.ln_eps, self.dtype, "final_norm")(x)
+
+
+def causal_stack(tower: nn.Module, name: str, layout: tuple[str, ...], decode: bool
+                 ) -> layers.Stack:
+  """The scanned causal blocks of a text tower (its depth, widths, dtype, ... fields)."""
+  return layers.Stack(tower.depth, remat_policy=tower.remat_policy, name=name, block=dict(
+      layout=layout, num_heads=tower.num_heads, mlp_dim=tower.mlp_dim, mlp_act=tower.mlp_act,
+      ln_eps=tower.ln_eps, causal=True, dtype=tower.dtype, attention_impl=tower.attention_impl,
+      decode=decode))
