@@ -85,6 +85,10 @@ def _train_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> 
   start = time.perf_counter()
   console(f"== {name} -> {workdir}")
   summary = train.train(config, workdir)
+  if summary["preempted"]:
+    console(f"== {name}: preempted at step {summary['end_step']} (checkpoint written); run the "
+            "same command again to resume.")
+    raise SystemExit(0)
   loss = summary["metrics"].get("loss")
   console(f"== {name}: at step {summary['end_step']}" +
           (f", loss {loss:.4f}" if loss is not None else " (already trained)") +
