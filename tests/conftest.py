@@ -20,3 +20,16 @@ try:
   import torchvision  # noqa: F401
 except ImportError:
   pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """Workdir of an uninterrupted in-process run of `ft_helpers`' config (the fault-tolerance and
+  multi-process tests compare against its metrics and restore its checkpoints 4, 8, 12)."""
+  import ft_helpers  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("reference")
+  ft_helpers.run_in_process(workdir)
+  return workdir

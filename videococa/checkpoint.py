@@ -24,12 +24,14 @@ Guarantees (orbax-checkpoint 0.12.x):
 * Resharding restore. `restore()` reads straight into the shardings of `abstract_state`
   (`jax.ShapeDtypeStruct`s with `.sharding`), whatever mesh the checkpoint was written from.
   Arrays are cast to the target dtype. Before reading, the tree structure and shapes are checked
-  against the checkpoint's metadata and a mismatch raises a `ValueError` naming the parameter.
+  against the checkpoint's metadata and a mismatch raises a `UserError` (a ValueError) naming the
+  parameter. A missing checkpoint raises `MissingPathError` (a FileNotFoundError).
 * Typed PRNG keys (`jax.random.key(...)`) are stored by orbax as their raw key data plus the key
   implementation name and come back as typed keys; callers pass them like any other array.
 """
 import json
 import os
+import time
 from typing import Any
 
 from absl import logging
@@ -37,7 +39,31 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from videococa.errors import MissingPathError, UserError
+
 PyTree = Any
+# Test hook (tests/test_fault_tolerance.py): seconds to sleep after a checkpoint's files are written
+# and before orbax commits it (the rename of `<step>.orbax-checkpoint-tmp`), so that a test can
+# kill the process in the middle of a checkpoint write. Unset (the default) changes nothing.
+COMMIT_DELAY_ENV = "VIDEOCOCA_TEST_CHECKPOINT_COMMIT_DELAY_S"
+
+
+def _install_commit_delay() -> None:
+  """Applies `COMMIT_DELAY_ENV` (once per process) to orbax's atomic rename."""
+  delay = float(os.environ.get(COMMIT_DELAY_ENV) or 0)
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  cls = atomicity.AtomicRenameTemporaryPath
+  if delay <= 0 or getattr(cls.finalize, "_videococa_delayed", False):
+    return
+  finalize = cls.finalize
+
+  def delayed(self, *args, **kwargs):
+    logging.warning("%s=%s: sleeping before committing %s.", COMMIT_DELAY_ENV, delay, self)
+    time.sleep(delay)
+    return finalize(self, *args, **kwargs)
+
+  delayed._videococa_delayed = True  # pylint: disable=protected-access
+  cls.finalize = delayed
 
 
 def _path_str(path) -> str:
@@ -79,6 +105,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_decision_policy=policy, create=True,
         cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+    if os.environ.get(COMMIT_DELAY_ENV):
+      _install_commit_delay()
     self._manager = ocp.CheckpointManager(
         directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
@@ -122,13 +150,13 @@ class Checkpointer:
     if step is None and steps:
       return steps[-1]
     if step not in steps:
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"no checkpoint {'' if step is None else f'for step {step} '}in {self.directory} "
           f"(available steps: {steps}); check the directory and step.")
     return step
 
   def check_compatible(self, step: int, abstract_state: PyTree) -> None:
-    """Raises ValueError unless checkpoint `step` has exactly the paths and shapes of `abstract_state`.
+    """Raises UserError unless checkpoint `step` has exactly the paths and shapes of `abstract_state`.
 
     The error names the first mismatching path (in `abstract_state` order, then extra ones found
     only in the checkpoint) with both shapes. Every leaf of `abstract_state` must have a sharding.
@@ -150,7 +178,7 @@ class Checkpointer:
                  for k, v in found.items() if k not in expected]
     if problems:
       more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
-      raise ValueError(
+      raise UserError(
           f"checkpoint {self.directory} step {step} does not match the model: "
           f"{problems[0]}{more}; use a checkpoint of the same config or start a new --workdir")
 
@@ -199,21 +227,21 @@ def load_params(path: str, step: int | None = None,
                 sharding: jax.sharding.Sharding | None = None) -> tuple[PyTree, dict]:
   """Reads only `params` (and the meta) of a training workdir, checkpoint root or `save_params`
   directory; the optimizer state is not read. Arrays land on `sharding` (default: first device)."""
-  root = _checkpoint_root(path)
+  root = os.path.abspath(_checkpoint_root(path))
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"No checkpoint directory at {path}; pass a training --workdir, its "
-                            "checkpoints/ folder, or a directory written by videococa.convert.")
+    raise MissingPathError(f"No checkpoint directory at {path}; pass a training --workdir, its "
+                           "checkpoints/ folder, or a directory written by videococa.convert.")
   manager = ocp.CheckpointManager(root, item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
   try:
     steps = sorted(manager.all_steps())
     if not steps or (step is not None and step not in steps):
-      raise FileNotFoundError(f"No checkpoint {'' if step is None else f'for step {step} '}in "
-                              f"{root} (available steps: {steps}).")
+      raise MissingPathError(f"No checkpoint {'' if step is None else f'for step {step} '}in "
+                             f"{root} (available steps: {steps}).")
     step = steps[-1] if step is None else step
     tree = manager.item_metadata(step)["state"].tree
     if "params" not in tree:
-      raise ValueError(f"Checkpoint {root} step {step} holds no 'params'.")
+      raise UserError(f"Checkpoint {root} step {step} holds no 'params'.")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"params": jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree["params"])}

@@ -6,6 +6,8 @@ import os
 
 import ml_collections
 
+from videococa.errors import MissingPathError, UserError
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `'variant,key=value,flag'` into a ConfigDict over `defaults`.
@@ -22,7 +24,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         continue
       value = "True"
     if key not in defaults:
-      raise ValueError(f"Config argument {token!r}: unknown key {key!r}; known: {sorted(defaults)}.")
+      raise UserError(f"Config argument {token!r}: unknown key {key!r}; known: {sorted(defaults)}.")
     kind = type(defaults[key])
     result[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
   return result
@@ -32,7 +34,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` the way `--config=` does (for tests and the main job)."""
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Config file {path} does not exist.")
+    raise MissingPathError(f"Config file {path} does not exist.")
   module_spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)

@@ -26,14 +26,14 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from videococa import checkpoint, config_utils, openclip, trainer
+from videococa import checkpoint, config_utils, errors, openclip, trainer
 
 
 def from_open_clip(model: str, checkpoint_path: str, out: str) -> None:
   """open_clip weights file -> videococa params checkpoint directory `out` (new or empty)."""
   config = openclip.get_config(model)
   if os.path.exists(out) and os.listdir(out):
-    raise FileExistsError(f"--out={out} exists and is not empty; pass a new directory.")
+    raise errors.ExistingPathError(f"--out={out} exists and is not empty; pass a new directory.")
   params = openclip.to_videococa(openclip.load_state_dict(checkpoint_path), config)
   meta = dict(model_name="coca", model=config.to_dict(),
               source=f"open_clip {model} {os.path.abspath(checkpoint_path)}",
@@ -107,4 +107,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  errors.run(main)

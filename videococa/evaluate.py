@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from videococa import checkpoint, evaluators, metric_writer, sharding, train, trainer as trainer_lib
+from videococa import checkpoint, distributed, errors, evaluators, metric_writer, sharding, train
+from videococa import trainer as trainer_lib
 from videococa.evaluators import metrics
 
 
@@ -49,8 +50,9 @@ def load_params(model, config: ml_collections.ConfigDict, mesh, workdir: str,
   if expected != found:
     problems = sorted(f"{k}: checkpoint {found.get(k)}, model {expected.get(k)}"
                       for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-    raise ValueError(f"The checkpoint in {workdir} does not match config.model ({len(problems)} "
-                     f"mismatches, e.g. {problems[0]}); use the config it was trained with.")
+    raise errors.UserError(f"The checkpoint in {workdir} does not match config.model "
+                           f"({len(problems)} mismatches, e.g. {problems[0]}); use the config it "
+                           "was trained with.")
   step = step if step is not None else int(meta.get("step", 0))
   return jax.device_put(params, sharding.logical_shardings(boxed, mesh)), step
 
@@ -68,8 +70,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   """Evaluates checkpoint `step` (latest if None) of `workdir` with every `config.evals` entry;
   returns {name: result} (see `evaluators.run_all`)."""
   if not config.get("evals"):
-    raise ValueError("config.evals is empty: add evaluators (see "
-                     "videococa/evaluators/__init__.py).")
+    raise errors.UserError("config.evals is empty: add evaluators (see "
+                           "videococa/evaluators/__init__.py).")
   mesh = sharding.make_mesh(config.mesh)
   model = trainer_lib.load_model_module(config.model_name).Model(**config.model)
   evals = evaluators.build_all(config, model=model, mesh=mesh, workdir=workdir)
@@ -89,10 +91,11 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  distributed.initialize()
   evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.checkpoint)
 
 
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  errors.run(main)

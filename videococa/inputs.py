@@ -1,8 +1,10 @@
 """Training input: per-process numpy batches -> global sharded arrays, prefetched in a thread.
 
 `config.input.source` picks the per-process batch stream: 'random' (no TensorFlow needed: random
-frames and captions, a pure function of (seed, step, process), so resuming at step s sees the same
-batches) or 'tfds' (the tf.data pipeline in `videococa.data.pipeline`, imported only then).
+frames and captions; example i of step s is a pure function of (seed, s, i), and each process
+makes only the rows of the global batch its devices hold, so the global batch is the same for any
+number of processes and a run resumed at step s sees the same batches) or 'tfds' (the tf.data
+pipeline in `videococa.data.pipeline`, imported only then).
 Token ids follow the tokenizer's convention: pad 0, bos 2, eos 3.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from videococa import sharding
+from videococa.errors import UserError
 
 PAD_ID, BOS_ID, EOS_ID, FIRST_WORD_ID = 0, 2, 3, 4
 
@@ -26,11 +29,11 @@ def local_batch_size(global_batch: int, mesh: Mesh) -> int:
   """This process's share of the global batch; checks it splits evenly over the mesh."""
   dp = sharding.data_parallel_size(mesh)
   if global_batch % dp:
-    raise ValueError(f"config.input.batch_size={global_batch} is not divisible by the data-parallel "
-                     f"size {dp} (mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}.")
+    raise UserError(f"config.input.batch_size={global_batch} is not divisible by the data-parallel "
+                    f"size {dp} (mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}.")
   if global_batch % jax.process_count():
-    raise ValueError(f"config.input.batch_size={global_batch} is not divisible by the "
-                     f"{jax.process_count()} processes.")
+    raise UserError(f"config.input.batch_size={global_batch} is not divisible by the "
+                    f"{jax.process_count()} processes.")
   return global_batch // jax.process_count()
 
 
@@ -48,14 +51,20 @@ def random_batch(rng: np.random.Generator, batch: int, num_frames: int, image_si
   return dict(frames=frames, text=text.astype(np.int32))
 
 
-def random_batches(config: ml_collections.ConfigDict, local_batch: int, start_step: int
+def random_batches(config: ml_collections.ConfigDict, rows: np.ndarray, start_step: int
                    ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless random batches; with `config.input.fixed` the same batch every step (overfit test)."""
+  """Endless random batches of the global-batch `rows` (e.g. `sharding.process_batch_rows`).
+
+  Row i of step s is drawn from the seed (config.seed, s, i) alone; with `config.input.fixed` the
+  same batch every step (overfit test).
+  """
   model = config.model
   for step in itertools.count(start_step):
-    seed = [config.seed, 0 if config.input.get("fixed", False) else step, jax.process_index()]
-    yield random_batch(np.random.default_rng(seed), local_batch, config.input.num_frames,
-                       model.vision.image_size, model.max_len + 1, model.vocab_size)
+    step_seed = 0 if config.input.get("fixed", False) else step
+    examples = [random_batch(np.random.default_rng([config.seed, step_seed, int(row)]), 1,
+                             config.input.num_frames, model.vision.image_size, model.max_len + 1,
+                             model.vocab_size) for row in rows]
+    yield {k: np.concatenate([e[k] for e in examples]) for k in examples[0]}
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
@@ -87,10 +96,11 @@ def make_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, start_ste
   local_batch = local_batch_size(config.input.batch_size, mesh)
   source = config.input.source
   if source == "random":
-    batches = random_batches(config, local_batch, start_step)
+    rows = sharding.process_batch_rows(mesh, config.input.batch_size)
+    batches = random_batches(config, rows, start_step)
   elif source == "tfds":
     from videococa.data import pipeline  # TensorFlow enters here only.
     batches = pipeline.make_train_iterator(config, local_batch, start_step, workdir)
   else:
-    raise ValueError(f"config.input.source={source!r}; choose 'random' or 'tfds'.")
+    raise UserError(f"config.input.source={source!r}; choose 'random' or 'tfds'.")
   return prefetch((sharding.put_batch(b, mesh) for b in batches), config.input.get("prefetch", 2))

@@ -18,7 +18,11 @@ def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax
   """
   logits = logit_scale * jnp.einsum("id,td->it", image_emb.astype(jnp.float32),
                                     text_emb.astype(jnp.float32))
-  diag = jnp.diagonal(logits)
+  # The diagonal as a masked row sum (bitwise equal to jnp.diagonal): the gradient of
+  # jnp.diagonal is a scatter that XLA's SPMD partitioner wraps in a `conditional` holding
+  # all-gathers, and CPU executables with collectives inside a conditional deadlock when they are
+  # loaded from the persistent compilation cache (jax 0.10.x), e.g. on every resumed CPU run.
+  diag = jnp.where(jnp.eye(logits.shape[0], dtype=bool), logits, 0.0).sum(axis=1)
   i2t = jax.nn.logsumexp(logits, axis=1) - diag
   t2i = jax.nn.logsumexp(logits, axis=0) - diag
   loss = 0.5 * (i2t.mean() + t2i.mean())

@@ -23,7 +23,7 @@ import time
 from absl import app, flags, logging
 import ml_collections
 
-from videococa import checkpoint, config_utils, convert, evaluate, report, train
+from videococa import checkpoint, config_utils, convert, errors, evaluate, report, train
 from videococa.metric_writer import console
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory of the job's outputs.")
@@ -189,4 +189,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

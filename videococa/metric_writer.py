@@ -21,17 +21,27 @@ def console(message: str) -> None:
 
 
 class MetricWriter:
-  """Writes scalar metrics to `{workdir}/tensorboard/` and `{workdir}/metrics.jsonl`."""
+  """Writes scalar metrics to `{workdir}/tensorboard/` and `{workdir}/metrics.jsonl`.
 
-  def __init__(self, workdir: str):
+  `resumed_step`: the step a run restarts from (its checkpoint). Records of later steps, written by
+  an earlier run that died after that checkpoint, are about to be written again: they are dropped
+  from metrics.jsonl, and TensorBoard is told to hide its events from step `resumed_step + 1` on
+  (tensorboardX's `purge_step`), so both show one clean curve, the re-run's.
+  """
+
+  def __init__(self, workdir: str, resumed_step: int | None = None):
     self.active = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       self.tensorboard_dir = os.path.join(workdir, "tensorboard")
-      self._tb = SummaryWriter(self.tensorboard_dir)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+      purge_step = None
+      if resumed_step is not None and drop_records_after(self.jsonl_path, resumed_step):
+        purge_step = resumed_step + 1
+      self._tb = SummaryWriter(self.tensorboard_dir, purge_step=purge_step)
+      self._jsonl = open(self.jsonl_path, "a")
 
   def write(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
     """Writes `{prefix}/{name}` scalars for `step`; non-scalars are ignored."""
@@ -55,6 +65,32 @@ class MetricWriter:
       self._tb.close()
       self._jsonl.close()
       self.active = False
+
+
+def drop_records_after(path: str, step: int) -> int:
+  """Rewrites the metrics.jsonl at `path` without the records of steps > `step` (atomically);
+  returns how many were dropped. A torn last line (a write killed midway) is dropped too."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if record.get("step", 0) <= step:
+      keep.append(line if line.endswith("\n") else line + "\n")
+  dropped = len(lines) - len(keep)
+  if dropped:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+    logging.info("Dropped %d records after step %d from %s (a run killed after its last "
+                 "checkpoint wrote them; the resumed run writes them again).", dropped, step, path)
+  return dropped
 
 
 def read_jsonl(path: str, prefix: str | None = None) -> list[dict]:

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from videococa.errors import MissingPathError, UserError
 from videococa.models import coca, presets
 
 # open_clip model name -> our preset (videococa/models/presets.py).
@@ -100,10 +101,10 @@ def image_normalization(model: str) -> dict[str, list[float]]:
 
 def _read_config_json(model: str) -> dict:
   if not model.endswith(".json"):
-    raise ValueError(f"Unknown open_clip model {model!r}; known: {sorted(OPENCLIP_PRESETS)}, or "
-                     "pass the path of an open_clip model config .json.")
+    raise UserError(f"Unknown open_clip model {model!r}; known: {sorted(OPENCLIP_PRESETS)}, or "
+                    "pass the path of an open_clip model config .json.")
   if not os.path.isfile(model):
-    raise FileNotFoundError(f"open_clip model config {model} does not exist.")
+    raise MissingPathError(f"open_clip model config {model} does not exist.")
   with open(model) as f:
     return json.load(f)
 
@@ -483,8 +484,8 @@ STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 def check_state_dict_path(path: str) -> None:
   """Raises unless `path` names a state_dict file format this module reads and writes."""
   if not path.endswith(STATE_DICT_SUFFIXES):
-    raise ValueError(f"{path}: unknown state_dict file format; use a name ending in one of "
-                     f"{STATE_DICT_SUFFIXES}.")
+    raise UserError(f"{path}: unknown state_dict file format; use a name ending in one of "
+                    f"{STATE_DICT_SUFFIXES}.")
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -495,7 +496,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """
   check_state_dict_path(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"open_clip checkpoint {path} does not exist.")
+    raise MissingPathError(f"open_clip checkpoint {path} does not exist.")
   import torch  # pylint: disable=g-import-not-at-top  (torch: only for the converter)
   if path.endswith(".safetensors"):
     from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top

@@ -19,6 +19,7 @@ import ml_collections
 import optax
 
 from videococa import sharding
+from videococa.errors import UserError
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -34,7 +35,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   elif cfg.decay == "constant":
     decay = optax.constant_schedule(cfg.lr)
   else:
-    raise ValueError(f"config.optimizer.decay={cfg.decay!r}; choose 'cosine', 'linear' or 'constant'.")
+    raise UserError(f"config.optimizer.decay={cfg.decay!r}; choose 'cosine', 'linear' or 'constant'.")
   if not warmup:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
@@ -53,7 +54,7 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
         optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
         optax.scale_by_learning_rate(schedule),
     )
-  raise ValueError(f"config.optimizer.name={cfg.name!r}; choose 'adamw' or 'adafactor'.")
+  raise UserError(f"config.optimizer.name={cfg.name!r}; choose 'adamw' or 'adafactor'.")
 
 
 FROZEN_PATTERNS = {
@@ -70,12 +71,12 @@ def stages(config: ml_collections.ConfigDict) -> list[tuple[int, tuple[str, ...]
   mode = config.get("training_mode", "ft")
   extra = tuple(config.optimizer.get("frozen", ()))
   if mode not in TRAINING_MODES:
-    raise ValueError(f"config.training_mode={mode!r}; choose one of {TRAINING_MODES}.")
+    raise UserError(f"config.training_mode={mode!r}; choose one of {TRAINING_MODES}.")
   if mode == "frozen_ft":
     boundary = config.get("frozen_ft_boundary", 0)
     if not 0 < boundary < config.total_steps:
-      raise ValueError(f"config.frozen_ft_boundary={boundary} must be between 0 and "
-                       f"config.total_steps={config.total_steps}.")
+      raise UserError(f"config.frozen_ft_boundary={boundary} must be between 0 and "
+                      f"config.total_steps={config.total_steps}.")
     return [(1, FROZEN_PATTERNS["frozen"] + extra), (boundary + 1, extra)]
   return [(1, FROZEN_PATTERNS[mode] + extra)]
 

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from videococa.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # Mesh axes the global batch is split over.
 
@@ -59,19 +61,19 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
   devices = list(jax.devices() if devices is None else devices)
   unknown = set(mesh_config) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; the axes are {MESH_AXES}.")
+    raise UserError(f"config.mesh has unknown axes {sorted(unknown)}; the axes are {MESH_AXES}.")
   sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: at most one axis may be -1.")
+    raise UserError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: at most one axis may be -1.")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
-                       f"divisible by the fixed axes' product {known}.")
+      raise UserError(f"config.mesh={dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
+                      f"divisible by the fixed axes' product {known}.")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) > len(devices):
-    raise ValueError(f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
-                     f"{len(devices)} are available; set one axis to -1 to fill the rest.")
+    raise UserError(f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+                    f"{len(devices)} are available; set one axis to -1 to fill the rest.")
   if math.prod(sizes) < len(devices):
     logging.warning("config.mesh=%s uses %d of the %d devices.", dict(zip(MESH_AXES, sizes)),
                     math.prod(sizes), len(devices))
@@ -120,6 +122,16 @@ def matching_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh)
     return replicated
 
   return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def process_batch_rows(mesh: Mesh, global_batch: int) -> np.ndarray:
+  """Indices of the rows of a `[global_batch, ...]` batch that this process's devices hold, in the
+  order `put_batch` expects them (ascending): what this process loads."""
+  indices = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  rows = set()
+  for (index,) in indices.values():
+    rows.update(range(*index.indices(global_batch)))
+  return np.asarray(sorted(rows), np.int64)
 
 
 def put_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -1,12 +1,19 @@
 r"""Trains a model from an ml_collections config; resumes automatically from `--workdir`.
 
   python -m videococa.train --config=configs/coca.py:tiny --workdir=/tmp/w \
-      [--config.total_steps=40 --config.mesh.fsdp=2 ...]
+      [--config.total_steps=40 --config.mesh.fsdp=2 ...] \
+      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]  # multi-process
 
 Writes TensorBoard events to `WORKDIR/tensorboard`, a JSON-lines copy to `WORKDIR/metrics.jsonl` and
 orbax checkpoints to `WORKDIR/checkpoints` (every `config.checkpoint_every` steps and at the end,
 keeping `config.keep_checkpoints`). Re-running the same command continues from the latest complete
 checkpoint with the same step, optimizer state, RNG and data position.
+
+Fault tolerance (see README "Fault tolerance"): SIGTERM stops after the current step with a
+checkpoint and exit status 0 (multi-process: all processes stop at the same step); a killed run
+resumes exactly; non-finite steps are skipped and counted, and `config.max_consecutive_nonfinite`
+of them in a row stop the run. Bad input (config, paths, checkpoint of another model) exits with
+status 2 and a one-line `error: ...`.
 """
 from __future__ import annotations
 
@@ -21,9 +28,11 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from videococa import checkpoint, evaluators, inputs, metric_writer, optim, sharding
+from videococa import checkpoint, distributed, errors, evaluators, inputs, metric_writer, optim
+from videococa import sharding
 from videococa import trainer as trainer_lib
 from videococa.metric_writer import console
 
@@ -33,22 +42,43 @@ def define_flags() -> None:
   """`--config=FILE[:ARG]` (+ `--config.a.b=v` overrides) and `--workdir` (entry points only)."""
   config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+  distributed.define_flags()
+
+
+class NonFiniteError(errors.UserError, RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 class PreemptionSignal:
-  """Turns SIGTERM (what preemptible VMs send) into a flag checked between steps."""
+  """SIGTERM (what preemptible VMs send) -> stop after the current step, checked between steps.
+
+  One process: a Python SIGTERM handler sets `requested`. Several processes: JAX's preemption
+  service (started by `jax.distributed.initialize`, it owns SIGTERM) spreads a SIGTERM received by
+  any process to all of them and picks a step at which they all stop
+  (`multihost_utils.reached_preemption_sync_point`), so they write the same checkpoint.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._multi_process = jax.process_count() > 1
+    self._previous = None
+    if not self._multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM received: finishing the current step, then checkpointing.")
     self.requested = True
 
+  def should_stop(self, step: int) -> bool:
+    """Whether to stop after `step`; call it once per step, on every process."""
+    if self._multi_process and not self.requested:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _log_step(writer, progress, step, pending, elapsed, steps, trainer, config):
@@ -75,6 +105,11 @@ def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]
     state, _ = ckpt.restore(latest, trainer.abstract_state())
     console(f"Resuming from the checkpoint at step {latest} in {ckpt.directory}.")
     return state, True
+  init_from = config.get("init_from")
+  if init_from and "://" not in init_from and not os.path.exists(os.path.expanduser(init_from)):
+    raise errors.MissingPathError(
+        f"config.init_from={config.init_from!r} does not exist; give a training workdir, its "
+        "checkpoints/ folder or a videococa.convert output.")
   state = trainer.init_state()
   if config.get("init_from"):
     module = trainer_lib.load_model_module(config.model_name)
@@ -95,15 +130,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `resumed` (bool), `preempted` (bool) and the last logged `metrics`.
   """
   mesh = sharding.make_mesh(config.mesh)
+  inputs.local_batch_size(config.input.batch_size, mesh)  # Fails early on a bad batch size.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  save_interval_steps=config.checkpoint_every,
                                  max_to_keep=config.keep_checkpoints)
-  writer = metric_writer.MetricWriter(workdir)
+  writer = None
   preemption = PreemptionSignal()
   try:
     trainer = trainer_lib.Trainer(config, mesh, optim.stage_of(config, ckpt.latest_step() or 0))
     state, resumed = _initial_state(config, trainer, ckpt)
     start = int(jax.device_get(state.step))
+    writer = metric_writer.MetricWriter(workdir, resumed_step=start)
     summary = dict(start_step=start, end_step=start, resumed=resumed, preempted=False, metrics={})
     if start >= config.total_steps:
       console(f"Step {start} >= config.total_steps={config.total_steps}: nothing to do.")
@@ -112,14 +149,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
   finally:
     preemption.restore()
-    ckpt.close()
-    writer.close()
+    ckpt.close()  # Waits for the checkpoint being written (async) before the process exits.
+    if writer is not None:
+      writer.close()
 
 
 def _compile(trainer, batch) -> None:
   start = time.perf_counter()
   trainer.compile_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})
   console(f"Compiled the train step (stage {trainer.stage}) in {time.perf_counter() - start:.1f}s.")
+  distributed.barrier("compiled")  # Processes start stepping together (multi-process only).
+
+
+def _check_nonfinite(step: int, streak, total, config, ckpt) -> None:
+  """Reports a skipped (non-finite) `step`; stops the run after too many in a row."""
+  streak, total = int(streak), int(total)
+  if not streak:
+    return
+  console(f"Step {step}: non-finite loss or gradient, update skipped ({streak} in a row, {total} "
+          "in total).")
+  if streak >= config.max_consecutive_nonfinite:
+    latest = ckpt.latest_step()
+    raise NonFiniteError(
+        f"Stopping at step {step}: {streak} consecutive steps had a non-finite loss or gradient "
+        f"(config.max_consecutive_nonfinite={config.max_consecutive_nonfinite}); all were "
+        f"skipped, so the parameters are those of step {step - streak}. The last checkpoint "
+        f"({'none' if latest is None else f'step {latest}'}, in {ckpt.directory}) is intact. Lower "
+        "the learning rate or check the data, then re-run to resume from it.")
 
 
 def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir) -> dict:
@@ -132,7 +188,7 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
   progress = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
                        disable=jax.process_index() != 0, dynamic_ncols=True,
                        mininterval=0.5 if sys.stderr.isatty() else 30)
-  pending, previous_streak, metrics = [], None, {}
+  pending, previous, metrics = [], None, {}
   tick, tick_step, step = time.perf_counter(), start, start
   for step in range(start + 1, config.total_steps + 1):
     batch = next(batches)
@@ -143,13 +199,9 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
     state, step_metrics = trainer.step(state, batch)
     pending.append(step_metrics)
     # Lagged check of the previous step's skip streak: that step is done, so this never stalls.
-    if previous_streak is not None and int(previous_streak) > config.max_consecutive_nonfinite:
-      raise RuntimeError(
-          f"Stopping at step {step - 1}: more than config.max_consecutive_nonfinite="
-          f"{config.max_consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
-          f"(all skipped). The last good checkpoint in {ckpt.directory} is intact; lower the "
-          "learning rate or check the data.")
-    previous_streak = step_metrics["nonfinite_streak"]
+    if previous is not None:
+      _check_nonfinite(step - 1, *jax.device_get(previous), config, ckpt)
+    previous = (step_metrics["nonfinite_streak"], step_metrics["nonfinite_steps"])
     progress.update(1)
     if step % config.log_every == 0 or step == config.total_steps:
       now = time.perf_counter()
@@ -161,9 +213,9 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
       progress.clear()
       evaluators.run_all(due, state.params, step, writer, workdir)
     meta = dict(step=step, global_batch=config.input.batch_size, seed=config.seed)
-    final = preemption.requested or step == config.total_steps
-    ckpt.save(step, state, meta, force=final)
-    if preemption.requested:
+    preempted = preemption.should_stop(step)
+    ckpt.save(step, state, meta, force=preempted or step == config.total_steps)
+    if preempted:
       console(f"Preempted: checkpoint at step {step} written; exiting.")
       break
   progress.close()
@@ -177,6 +229,7 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO logs are noise at the terminal.
+  distributed.initialize()
   train(flags.FLAGS.config, workdir)
   console(f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}\n"
           f"Checkpoints: {os.path.join(workdir, 'checkpoints')}")
@@ -185,4 +238,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  errors.run(main)

@@ -19,6 +19,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from videococa import losses, optim, sharding
+from videococa.errors import UserError
 
 # bf16 dense peak per chip (TFLOP/s), matched against `device_kind`, for MFU.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
@@ -39,7 +40,33 @@ def load_model_module(name: str):
   try:
     return importlib.import_module(f"videococa.models.{name}")
   except ModuleNotFoundError as e:
-    raise ValueError(f"config.model_name={name!r}: no module videococa/models/{name}.py.") from e
+    if e.name != f"videococa.models.{name}":
+      raise  # A missing dependency of an existing model module: a real error.
+    raise UserError(f"config.model_name={name!r}: no module videococa/models/{name}.py.") from e
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Config values the model cannot be built for, found before anything is traced or compiled."""
+  vision = config.model.get("vision") or {}
+  size, patch = vision.get("image_size"), vision.get("patch_size")
+  if size is not None and patch is not None and (patch < 1 or size % patch):
+    raise UserError(
+        f"config.model.vision.image_size={size} is not divisible by config.model.vision.patch_size"
+        f"={patch}: change one of them (e.g. --config.model.vision.image_size="
+        f"{max(patch, 1) * max(size // max(patch, 1), 1)}).")
+  frames = config.input.get("num_frames", 1)
+  if not isinstance(frames, int) or frames < 1:
+    raise UserError(f"config.input.num_frames={frames!r} must be a positive integer.")
+  video = config.model.get("video") or {}
+  table = video.get("num_frames")
+  variant = video.get("variant", "attentional_pooler")
+  temporal = (variant in ("joint_space_time", "factorized")
+              or (variant == "attentional_pooler" and video.get("temporal_embedding")))
+  if video and temporal and table is not None and frames > table:
+    raise UserError(
+        f"config.input.num_frames={frames} exceeds config.model.video.num_frames={table} (the "
+        f"length of the temporal embedding of the {variant!r} variant): raise "
+        f"config.model.video.num_frames or lower config.input.num_frames.")
 
 
 def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -65,6 +92,7 @@ class Trainer:
   (`stage` indexes `optim.stages(config)`: which parameters are frozen)."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, stage: int = 0):
+    check_config(config)
     self.config = config
     self.mesh = mesh
     self.model = load_model_module(config.model_name).Model(**config.model)

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 from absl import logging
 import tensorflow_datasets as tfds
 
+from videococa.errors import MissingPathError, UserError
+
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "data"
 LOCAL_BUILDERS = ("shapes_video",)
 
@@ -54,8 +56,8 @@ def _custom_config(base, overrides: Mapping[str, Any]):
             - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)})
   unknown = sorted(set(overrides) - fields)
   if unknown:
-    raise ValueError(f"config_overrides {unknown} are not fields of the {base.name!r} config; "
-                     f"use some of {sorted(fields)}.")
+    raise UserError(f"config_overrides {unknown} are not fields of the {base.name!r} config; "
+                    f"use some of {sorted(fields)}.")
   suffix = "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
   return dataclasses.replace(base, name=re.sub(r"[^0-9A-Za-z_]", "_", f"{base.name}_{suffix}"),
                              **overrides)
@@ -74,18 +76,18 @@ def get_builder(name: str, data_dir: str | None = None,
     configs = {c.name: c for c in cls.BUILDER_CONFIGS}
     config = config or cls.DEFAULT_CONFIG_NAME
     if config not in configs:
-      raise ValueError(f"Unknown config {config!r} of local dataset {builder!r}; choose one of "
-                       f"{sorted(configs)}, e.g. name='{builder}/{sorted(configs)[0]}'.")
+      raise UserError(f"Unknown config {config!r} of local dataset {builder!r}; choose one of "
+                      f"{sorted(configs)}, e.g. name='{builder}/{sorted(configs)[0]}'.")
     if config_overrides:
       return cls(config=_custom_config(configs[config], config_overrides), data_dir=data_dir)
     return cls(config=config, data_dir=data_dir)
   if config_overrides:
-    raise ValueError(f"config_overrides only apply to local builders {list(LOCAL_BUILDERS)}, not "
-                     f"{name!r}; drop them or name a TFDS config as '<dataset>/<config>'.")
+    raise UserError(f"config_overrides only apply to local builders {list(LOCAL_BUILDERS)}, not "
+                    f"{name!r}; drop them or name a TFDS config as '<dataset>/<config>'.")
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
+    raise UserError(
         f"Unknown dataset name {name!r}: not a local builder {list(LOCAL_BUILDERS)} (configs as "
         f"'shapes_video/video', 'shapes_video/image') nor a TFDS dataset. Fix the dataset name in "
         f"the config, or for a folder prepared by the ingestion tool use "
@@ -94,7 +96,14 @@ def get_builder(name: str, data_dir: str | None = None,
 
 def get_builder_from_directory(path: str) -> tfds.core.DatasetBuilder:
   """Read-only builder for an already prepared folder `<data_dir>/<name>/<config>/<version>`."""
-  return tfds.builder_from_directory(os.path.expanduser(path))
+  path = os.path.expanduser(path)
+  if not os.path.isdir(path):
+    raise MissingPathError(f"Dataset directory {path} does not exist; give the folder written by "
+                           "videococa.data.ingest --out (a data.dir= in the config).")
+  if not os.path.exists(os.path.join(path, "dataset_info.json")):
+    raise MissingPathError(f"{path} is not a prepared dataset (no dataset_info.json): point dir= "
+                           "at the folder written by videococa.data.ingest --out.")
+  return tfds.builder_from_directory(path)
 
 
 def ensure_prepared(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:

@@ -26,7 +26,8 @@ Images: `image` (H, W, 3) uint8 JPEG, `captions`, `id`.
 
 Missing, empty, corrupt, truncated or undecodable files are skipped; each is listed with its reason
 in OUT_DIR/ingest_report.json and counted in a one-line summary. If none can be read, the command
-exits with status 2. Splits come from the `split` column, else --split.
+exits with status 2 (as for every bad input: one `error: ...` line). Splits come from the `split`
+column, else --split.
 
   python -m videococa.data.ingest video --videos=DIR --annotations=ann.csv --out=OUT --name=msrvtt \
       [--split=train] [--num_frames=8 | --fps=2] [--short_side=224] [--jpeg_quality=90] [--workers=4]
@@ -47,13 +48,14 @@ import os
 import pickle
 import re
 import shutil
-import sys
 from typing import Any, Iterable, Iterator
 
 import av
 import numpy as np
 from PIL import Image, ImageOps
 import tqdm
+
+from videococa import errors
 
 VERSION = "1.0.0"
 REPORT_FILENAME = "ingest_report.json"
@@ -70,12 +72,12 @@ class DecodeError(Exception):
   """A media file that cannot be used; the message is the reason written to the report."""
 
 
-class AnnotationError(ValueError):
+class AnnotationError(errors.UserError):
   """A malformed annotation file or entry; the message names the file, the row and the column."""
 
 
-class NoUsableInputs(RuntimeError):
-  """Every entry of an annotation file was skipped."""
+class NoUsableInputs(errors.UserError, RuntimeError):
+  """Every entry of an annotation file was skipped (an empty or all-corrupt input)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,10 +544,11 @@ def _ingest(entries, decode, features_fn, out_dir, name, annotations, config, wo
   out_dir = os.fspath(out_dir)
   for what, value in [("dataset name", name), *(("split", e.split) for e in entries)]:
     if not re.fullmatch(r"[a-zA-Z]\w*", value):
-      raise ValueError(f"Invalid {what} {value!r}: use letters, digits and '_', starting with a "
-                       "letter (TFDS loads datasets and splits by such names).")
+      raise errors.UserError(f"Invalid {what} {value!r}: use letters, digits and '_', starting "
+                             "with a letter (TFDS loads datasets and splits by such names).")
   if os.path.exists(os.path.join(out_dir, "dataset_info.json")):
-    raise FileExistsError(f"{out_dir} already holds a dataset: delete it or pick another --out.")
+    raise errors.ExistingPathError(
+        f"{out_dir} already holds a dataset: delete it or pick another --out.")
   staging = os.path.join(out_dir, ".ingest_staging")
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
@@ -662,22 +665,18 @@ def main(argv):
   common = dict(out_dir=FLAGS.out, name=FLAGS.name, split=FLAGS.split,
                 short_side=FLAGS.short_side, jpeg_quality=FLAGS.jpeg_quality,
                 workers=FLAGS.workers)
-  try:
-    if kind == "video":
-      report = ingest_videos(media_dir, FLAGS.annotations, num_frames=FLAGS.num_frames,
-                             fps=FLAGS.fps, **common)
-    else:
-      report = ingest_images(media_dir, FLAGS.annotations, **common)
-  except NoUsableInputs as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (ValueError, FileExistsError) as e:  # AnnotationError is a ValueError.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if not os.path.isdir(media_dir):
+    raise errors.MissingPathError(f"--{kind}s={media_dir} is not a directory.")
+  # Bad annotations, unreadable inputs (NoUsableInputs), an existing --out: errors.UserError, which
+  # errors.run reports as one line with exit status 2.
+  if kind == "video":
+    report = ingest_videos(media_dir, FLAGS.annotations, num_frames=FLAGS.num_frames,
+                           fps=FLAGS.fps, **common)
+  else:
+    report = ingest_images(media_dir, FLAGS.annotations, **common)
   print(report.summary())
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  errors.run(main)

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import uuid
 from typing import Any, Iterable, Iterator, Mapping
@@ -64,6 +65,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from videococa.data import datasets, preprocess, tokenizer as tokenizer_lib
+from videococa.errors import MissingPathError, UserError
 
 # Keep TensorFlow off accelerators: JAX owns them (a no-op with tensorflow-cpu).
 try:
@@ -98,13 +100,13 @@ def _input_field(config: ml_collections.ConfigDict, name: str):
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str):
   unknown = sorted(set(data) - set(allowed))
   if unknown:
-    raise ValueError(f"{where} has unknown keys {unknown}; allowed: {list(allowed)}.")
+    raise UserError(f"{where} has unknown keys {unknown}; allowed: {list(allowed)}.")
   if bool(data.get("name")) == bool(data.get("dir")):
-    raise ValueError(f"{where} needs exactly one of name= (a registered dataset, e.g. "
-                     "'shapes_video/video') and dir= (a prepared folder, e.g. from "
-                     f"videococa.data.ingest); got {dict(data)}.")
+    raise UserError(f"{where} needs exactly one of name= (a registered dataset, e.g. "
+                    "'shapes_video/video') and dir= (a prepared folder, e.g. from "
+                    f"videococa.data.ingest); got {dict(data)}.")
   if not data.get("split"):
-    raise ValueError(f"{where} needs split= (e.g. 'train').")
+    raise UserError(f"{where} needs split= (e.g. 'train').")
 
 
 def get_data_builder(data: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
@@ -159,8 +161,10 @@ def _example_stream(builder, split: str, pp_fn, seed_keys: tuple[int, ...], star
   shard = _process_split(split)
   num = builder.info.splits[shard].num_examples
   if num == 0:
-    raise ValueError(f"Process {jax.process_index()} of {jax.process_count()} gets no examples "
-                     f"of split {split!r} of {builder.info.full_name} (shard {shard!r}).")
+    raise UserError(f"Process {jax.process_index()} of {jax.process_count()} gets no examples "
+                    f"of split {split!r} of {builder.info.full_name} (shard {shard!r}; the split "
+                    f"has {builder.info.splits[split].num_examples}): the dataset is empty, or "
+                    "smaller than the number of processes; check config.input.data.")
   records = _read(builder, shard)
   if cache:
     records = records.map(_decode_encoded, num_parallel_calls=num_parallel_calls).cache()
@@ -220,8 +224,8 @@ def _members(config: ml_collections.ConfigDict) -> dict[str, dict]:
   mixture = config.input.get("mixture") or {}
   if not mixture:
     if not config.input.get("data") or not config.input.get("pp"):
-      raise ValueError("config.input.source='tfds' needs config.input.data=dict(name=..., "
-                       "split=...) and config.input.pp (or a non-empty config.input.mixture).")
+      raise UserError("config.input.source='tfds' needs config.input.data=dict(name=..., "
+                      "split=...) and config.input.pp (or a non-empty config.input.mixture).")
     member = dict(config.input.data)
     _check_keys(member, DATA_KEYS, "config.input.data")
     return {"data": dict(member, weight=1.0, pp=config.input.pp)}
@@ -230,8 +234,8 @@ def _members(config: ml_collections.ConfigDict) -> dict[str, dict]:
     member = dict(mixture[key])
     _check_keys(member, MEMBER_KEYS, f"config.input.mixture.{key}")
     if not member.get("pp") or not member.get("weight", 0) > 0:
-      raise ValueError(f"config.input.mixture.{key} needs pp= (a pp string) and weight= > 0; got "
-                       f"{member}.")
+      raise UserError(f"config.input.mixture.{key} needs pp= (a pp string) and weight= > 0; got "
+                      f"{member}.")
     members[key] = member
   return members
 
@@ -243,7 +247,7 @@ def _check_output(spec: Mapping[str, tf.TensorSpec], expected: Mapping[str, tupl
     got = spec.get(key)
     if got is None or got.shape.as_list() != list(shape) or got.dtype != dtype:
       got_str = "nothing" if got is None else f"{got.shape.as_list()} {got.dtype.name}"
-      raise ValueError(
+      raise UserError(
           f"{where} gives {key!r}: {got_str}, but the model needs {list(shape)} {dtype.name}. "
           "frames: end the clip ops with sample_frames(T) or image_to_clip(T) (T = "
           "config.input.num_frames) and random_resized_crop(S) or resize(S) (S = "
@@ -304,15 +308,15 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str):
   """
   template = _input_field(config, "tokenizer")
   if not template:
-    raise ValueError("config.input.pp tokenizes captions but config.input.tokenizer is not set: "
-                     "give the path of a SentencePiece .model (may contain '{workdir}').")
+    raise UserError("config.input.pp tokenizes captions but config.input.tokenizer is not set: "
+                    "give the path of a SentencePiece .model (may contain '{workdir}').")
   path = os.path.expanduser(template.format(workdir=workdir))
   if not os.path.isfile(path):
     if not path.endswith(".model"):
-      raise ValueError(f"config.input.tokenizer={template!r} must end with '.model'.")
+      raise UserError(f"config.input.tokenizer={template!r} must end with '.model'.")
     vocab_size = _input_field(config, "tokenizer_vocab_size")
     if not vocab_size > 0:
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"No tokenizer at {path} (config.input.tokenizer). Create it with `python -m "
           f"videococa.data.tokenizer --dataset=NAME --vocab_size=N --out={path[:-6]}`, or set "
           "config.input.tokenizer_vocab_size=N to train one from the training captions.")
@@ -322,9 +326,9 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str):
                                    tmp_prefix), path)
   tok = tokenizer_lib.Tokenizer(path)
   if tok.vocab_size > config.model.vocab_size:
-    raise ValueError(f"Tokenizer {path} has {tok.vocab_size} pieces but config.model.vocab_size="
-                     f"{config.model.vocab_size}: raise the model's vocab_size or use a smaller "
-                     "tokenizer.")
+    raise UserError(f"Tokenizer {path} has {tok.vocab_size} pieces but config.model.vocab_size="
+                    f"{config.model.vocab_size}: raise the model's vocab_size or use a smaller "
+                    "tokenizer.")
   return tok
 
 
@@ -379,7 +383,19 @@ def make_train_iterator(config: ml_collections.ConfigDict, local_batch: int, sta
   if any(preprocess.needs_tokenizer(m["pp"]) for m in members.values()):
     tok = get_tokenizer(config, workdir)
   ds = train_dataset(config, local_batch, start_step, tok)
-  return Throughput().wrap(ds.as_numpy_iterator())
+  return Throughput().wrap(_user_errors(ds.as_numpy_iterator(), members))
+
+
+def _user_errors(batches: Iterator[dict[str, np.ndarray]], members: Mapping[str, dict]
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """`batches`, with unreadable (corrupt) dataset files reported as a `UserError`."""
+  try:
+    yield from batches
+  except tf.errors.DataLossError as e:
+    sources = ", ".join(str(m.get("dir") or m.get("name")) for m in members.values())
+    reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message.splitlines()[0]).strip()
+    raise UserError(f"Corrupt training data in {sources}: {reason}; rebuild or re-ingest the "
+                    "dataset.") from e
 
 
 def count_examples(data: Mapping[str, Any]) -> int:
@@ -460,9 +476,9 @@ def make_eval_iterator(data: Mapping[str, Any], pp: str, batch_size: int, tokeni
       process, num_parallel_calls=num_parallel_calls, deterministic=True)
   frames = ds.element_spec.get("frames")
   if num_frames is not None and frames is not None and frames.shape[0] != num_frames:
-    raise ValueError(f"Eval pp {pp!r} gives frames {frames.shape.as_list()}, expected "
-                     f"{num_frames} frames: use sample_frames({num_frames}) / "
-                     f"image_to_clip({num_frames}).")
+    raise UserError(f"Eval pp {pp!r} gives frames {frames.shape.as_list()}, expected "
+                    f"{num_frames} frames: use sample_frames({num_frames}) / "
+                    f"image_to_clip({num_frames}).")
   ds = ds.padded_batch(batch_size).prefetch(2)
   produced = 0
   for batch in ds:

@@ -19,6 +19,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
 
+from videococa import errors
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # SentencePiece's training result depends on its thread count: fixed, so that it is deterministic.
 _TRAIN_THREADS = 16
@@ -32,14 +34,14 @@ class Tokenizer:
   def __init__(self, model_path):
     model_path = os.fspath(model_path)
     if not os.path.isfile(model_path):
-      raise FileNotFoundError(f"No SentencePiece model at {model_path}: {_TRAIN_HINT}, or pass "
-                              "the path of an existing .model file.")
+      raise errors.MissingPathError(f"No SentencePiece model at {model_path}: {_TRAIN_HINT}, or "
+                                    "pass the path of an existing .model file.")
     self.path = model_path
     self._sp = spm.SentencePieceProcessor(model_file=model_path)
     ids = {"pad": self._sp.pad_id(), "bos": self._sp.bos_id(), "eos": self._sp.eos_id()}
     if ids["pad"] != PAD_ID or ids["bos"] < 0 or ids["eos"] < 0:
-      raise ValueError(f"SentencePiece model {model_path} has ids {ids} (-1: none), but needs "
-                       f"pad=0 and BOS and EOS pieces: {_TRAIN_HINT}.")
+      raise errors.UserError(f"SentencePiece model {model_path} has ids {ids} (-1: none), but "
+                             f"needs pad=0 and BOS and EOS pieces: {_TRAIN_HINT}.")
 
   @property
   def vocab_size(self) -> int:
@@ -117,7 +119,7 @@ def train(texts: Iterable[str], vocab_size: int, out_prefix, model_type="unigram
   """
   corpus = [t for t in texts if t.strip()]  # SentencePiece holds the corpus in memory anyway.
   if not corpus:
-    raise ValueError(f"No text to train the tokenizer {out_prefix}.model on.")
+    raise errors.UserError(f"No text to train the tokenizer {out_prefix}.model on.")
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(corpus), model_writer=model, vocab_size=vocab_size,
@@ -141,8 +143,8 @@ def captions_from_dataset(name, split="train", data_dir=None, max_examples=None)
 
 def captions_from_directory(dataset_dir, split="train", max_examples=None) -> Iterator[str]:
   """The captions of a prepared TFDS dataset directory (e.g. written by videococa.data.ingest)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return captions_from_builder(tfds.builder_from_directory(os.fspath(dataset_dir)), split,
+  from videococa.data import datasets  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  return captions_from_builder(datasets.get_builder_from_directory(os.fspath(dataset_dir)), split,
                                max_examples)
 
 
@@ -153,8 +155,8 @@ def captions_from_builder(builder, split="train", max_examples=None) -> Iterator
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if "captions" not in builder.info.features:
-    raise KeyError(f"Dataset {builder.name} has no 'captions' feature (it has "
-                   f"{sorted(builder.info.features)}): pick a caption dataset.")
+    raise errors.UserError(f"Dataset {builder.name} has no 'captions' feature (it has "
+                           f"{sorted(builder.info.features)}): pick a caption dataset.")
   ds = builder.as_dataset(split=split, decoders=tfds.decode.PartialDecoding({"captions": True}))
   if max_examples is not None:
     ds = ds.take(max_examples)
@@ -200,4 +202,4 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  errors.run(main)
