@@ -1,6 +1,7 @@
 """VideoCoCa: an image CoCa adapted to video (arXiv 2212.04979).
 
-  --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE][,runlocal]
+  --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE]
+                                    [,negatives=False][,runlocal]
 
 DATA    shapes     the embedded shapes_video clips (16 frames, 64x64; 8 sampled), zero-shot evals on
                    the held-out `test` compositions (motion classification, retrieval, captioning)
@@ -12,6 +13,7 @@ MODE    lit (default) | ft | frozen | frozen_ft (frozen for the first quarter, t
 PATH    checkpoint to start from (an image CoCa workdir or a `videococa.convert` output);
         inflated as in `python -m videococa.convert inflate`
 SIZE    base (default) | large  (videocc3m only)
+negatives=False  shapes without the verb-swapped hard-negative captions (on by default)
 """
 import os
 
@@ -28,10 +30,19 @@ SHAPES_VIDEO = dict(name="shapes_video/video", data_dir=None, dir=None)
 def _shapes(config, arg):
   """The shapes_video recipe: the small shapes model, 8 of the 16 frames, zero-shot test evals."""
   text_len = config.model.max_len
+  # Verb-swapped hard negatives: each clip's caption rewritten for the 6 other motions (see
+  # `shapes.motion_negatives`). Random batches rarely hold two clips that differ only in motion,
+  # so without them the contrastive embedding can match captions on appearance alone.
+  negatives, kept = "", '"frames", "text"'
+  if arg.negatives:
+    negatives = (f'motion_negatives|tokenize({text_len + 1}, key="negative_captions", '
+                 'out="negatives")|')
+    kept += ', "negatives"'
   config.input.update(
       data=dict(SHAPES_VIDEO, split="train"), cache=True, batch_size=32,
+      hard_negatives=len(shapes.MOTIONS) - 1 if arg.negatives else 0,
       pp=(f'sample_frames({NUM_FRAMES}, mode="random_segment")|decode_video|resize(64)|choose_caption|'
-          f'tokenize({text_len + 1})|keep("frames", "text")'))
+          f'tokenize({text_len + 1})|{negatives}keep({kept})'))
   eval_pp = (f'sample_frames({NUM_FRAMES})|decode_video|resize(64)|'
              'keep("frames", "captions", "label", "id")')
   test = dict(SHAPES_VIDEO, split="test")
@@ -80,7 +91,7 @@ def _videocc3m(config, arg):
 
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="shapes", video="attentional_pooler", mode="lit",
-                               init="", model="base", runlocal=False)
+                               init="", model="base", negatives=True, runlocal=False)
   config = config_utils.load_config(f"{_IMAGE_CONFIG}:shapes_image" +
                                     (",runlocal" if arg.runlocal else ""))
   config.training_mode = arg.mode

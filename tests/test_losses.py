@@ -27,6 +27,24 @@ def test_contrastive_loss_matches_numpy():
   np.testing.assert_allclose(metrics["temperature"], 0.07, rtol=1e-6)
 
 
+def test_contrastive_loss_with_hard_negatives_matches_numpy():
+  rng = np.random.default_rng(1)
+  img, txt = _normalise(rng.normal(size=(6, 5))), _normalise(rng.normal(size=(6, 5)))
+  neg = _normalise(rng.normal(size=(6, 3, 5)))
+  scale = 1 / 0.07
+  logits = scale * img @ txt.T
+  i2t_logits = np.concatenate([logits, scale * np.einsum("id,ikd->ik", img, neg)], axis=1)
+  expected = -0.5 * (np.diag(_log_softmax(i2t_logits, 1)[:, :6]).mean()
+                     + np.diag(_log_softmax(logits, 0)).mean())
+  loss, metrics = losses.contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(scale),
+                                          jnp.asarray(neg))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  beats_negatives = (np.diag(logits)[:, None] > i2t_logits[:, 6:]).all(axis=1).mean()
+  np.testing.assert_allclose(metrics["hard_negative_accuracy"], beats_negatives)
+  plain, _ = losses.contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(scale))
+  assert loss > plain  # Extra candidates only make the image->text task harder.
+
+
 def _caption_reference(logits, labels, weights, smoothing):
   logp = _log_softmax(logits, -1)
   vocab = logits.shape[-1]

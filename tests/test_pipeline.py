@@ -8,7 +8,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from videococa.data import datasets, pipeline, preprocess, tokenizer  # noqa: E402
+from videococa.data import datasets, pipeline, preprocess, shapes, tokenizer  # noqa: E402
 
 SIZES = {"num_train": 64, "num_validation": 16, "num_test": 16}
 T, S, MAX_LEN, B = 4, 32, 16, 8  # Frames, image size, model text length, local batch.
@@ -113,6 +113,23 @@ def test_train_batch_shapes_and_tokens(env):
     assert len(eos) == 1
     assert (row[eos[0] + 1:] == tokenizer.PAD_ID).all() and (row[1:eos[0]] > tokenizer.EOS_ID).all()
   assert env["tok"].decode(text[:1])[0]
+
+
+def test_motion_negatives_batches(env):
+  pp = VIDEO_PP.replace(
+      'keep("frames", "text", "id")',
+      f'motion_negatives|tokenize({MAX_LEN + 1}, key="negative_captions", out="negatives")|'
+      'keep("frames", "text", "negatives", "caption", "label")')
+  k = len(shapes.MOTIONS) - 1
+  config = _config(env, pp=pp, hard_negatives=k)
+  batch = pipeline.train_dataset(config, B, 0, env["tok"], extra_keys=("caption", "label"))
+  batch = next(batch.take(1).as_numpy_iterator())
+  assert batch["negatives"].shape == (B, k, MAX_LEN + 1) and batch["negatives"].dtype == np.int32
+  for caption, negatives, label in zip(batch["caption"], batch["negatives"], batch["label"]):
+    swapped = shapes.motion_negatives(caption.decode(), shapes.MOTIONS[label])
+    np.testing.assert_array_equal(negatives, env["tok"].encode(swapped, MAX_LEN + 1))
+  with pytest.raises(Exception, match="negatives"):  # hard_negatives set, pp without them.
+    pipeline.train_dataset(_config(env, hard_negatives=k), B, 0, env["tok"])
 
 
 def test_same_seed_same_batches_other_seed_other_batches(env):

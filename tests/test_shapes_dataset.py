@@ -123,6 +123,24 @@ def test_video_captions_mention_objects_and_motion():
   assert shapes.mentioned_motions("a red ball slides left") == {"left"}
 
 
+def test_motion_negatives_swap_only_the_motion():
+  rng = np.random.default_rng(8)
+  for spec in _specs("train", 100, seed=8):
+    for cap in shapes.video_captions(spec, rng):
+      negatives = shapes.motion_negatives(cap, spec.motion)
+      others = [m for m in shapes.MOTIONS if m != spec.motion]
+      assert [shapes.mentioned_motions(n) for n in negatives] == [{m} for m in others], cap
+      kept = set(cap.split()) - set(" ".join(w for f in shapes.MOTION_WORDS[spec.motion]
+                                             for p in f for w in p.split()).split())
+      assert all(kept <= set(n.split()) for n in negatives), (cap, negatives)
+  assert shapes.motion_negatives("a red ball slides left", "left")[:2] == [
+      "a red ball slides right", "a red ball rises"]  # Same synonym slot.
+  assert shapes.motion_negatives("both the box and the disc get bigger", "grow")[-1] == (
+      "both the box and the disc do not move")
+  with pytest.raises(ValueError, match="no phrase of motion 'up'"):
+    shapes.motion_negatives("a red ball slides left", "up")
+
+
 def test_static_image_view():
   rng = np.random.default_rng(8)
   for _ in range(150):

@@ -7,28 +7,37 @@ import jax
 import jax.numpy as jnp
 
 
-def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array
+def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                     negative_emb: jax.Array | None = None
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Symmetric InfoNCE over the global batch.
 
   `image_emb`, `text_emb`: `[batch, dim]` L2-normalised; pair i is (image i, text i). Under `jax.jit`
   with batch-sharded inputs the `[batch, batch]` similarity spans the whole global batch (XLA gathers
-  the other side), which is what the loss needs. Returns (mean of the image->text and text->image
-  cross-entropies, metrics).
+  the other side), which is what the loss needs. `negative_emb` `[batch, K, dim]` (optional):
+  per-image hard-negative texts, added to image i's candidates in the image->text direction only.
+  Returns (mean of the image->text and text->image cross-entropies, metrics).
   """
-  logits = logit_scale * jnp.einsum("id,td->it", image_emb.astype(jnp.float32),
-                                    text_emb.astype(jnp.float32))
+  image_emb = image_emb.astype(jnp.float32)
+  logits = logit_scale * jnp.einsum("id,td->it", image_emb, text_emb.astype(jnp.float32))
   # The diagonal as a masked row sum (bitwise equal to jnp.diagonal): the gradient of
   # jnp.diagonal is a scatter that XLA's SPMD partitioner wraps in a `conditional` holding
   # all-gathers, and CPU executables with collectives inside a conditional deadlock when they are
   # loaded from the persistent compilation cache (jax 0.10.x), e.g. on every resumed CPU run.
   diag = jnp.where(jnp.eye(logits.shape[0], dtype=bool), logits, 0.0).sum(axis=1)
-  i2t = jax.nn.logsumexp(logits, axis=1) - diag
   t2i = jax.nn.logsumexp(logits, axis=0) - diag
-  loss = 0.5 * (i2t.mean() + t2i.mean())
   labels = jnp.arange(logits.shape[0])
-  accuracy = 0.5 * ((jnp.argmax(logits, 1) == labels).mean() + (jnp.argmax(logits, 0) == labels).mean())
-  return loss, dict(contrastive_loss=loss, contrastive_accuracy=accuracy,
+  t2i_accuracy = (jnp.argmax(logits, 0) == labels).mean()
+  metrics = {}
+  if negative_emb is not None:
+    negative_logits = logit_scale * jnp.einsum("id,ikd->ik", image_emb,
+                                               negative_emb.astype(jnp.float32))
+    metrics["hard_negative_accuracy"] = (diag[:, None] > negative_logits).all(axis=1).mean()
+    logits = jnp.concatenate([logits, negative_logits], axis=1)
+  i2t = jax.nn.logsumexp(logits, axis=1) - diag
+  loss = 0.5 * (i2t.mean() + t2i.mean())
+  accuracy = 0.5 * ((jnp.argmax(logits, 1) == labels).mean() + t2i_accuracy)
+  return loss, dict(metrics, contrastive_loss=loss, contrastive_accuracy=accuracy,
                     temperature=1.0 / logit_scale)
 
 
@@ -81,8 +90,12 @@ def coca_loss(outputs: dict[str, jax.Array], labels: jax.Array, weights: jax.Arr
               logits_fn: Callable[[jax.Array], jax.Array], *, contrastive_weight: float = 1.0,
               caption_weight: float = 2.0, chunk_len: int = 16, label_smoothing: float = 0.0
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """`contrastive_weight * contrastive + caption_weight * captioning` (CoCa: 1.0 and 2.0)."""
-  loss, metrics = contrastive_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"])
+  """`contrastive_weight * contrastive + caption_weight * captioning` (CoCa: 1.0 and 2.0).
+
+  `outputs`: the model's (image_emb, text_emb, logit_scale, hidden), plus `negative_emb` `[batch,
+  K, dim]` when training with hard-negative texts."""
+  loss, metrics = contrastive_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"],
+                                   outputs.get("negative_emb"))
   loss = contrastive_weight * loss
   if caption_weight and "hidden" in outputs:
     cap, cap_metrics = caption_loss(outputs["hidden"], labels, weights, logits_fn,

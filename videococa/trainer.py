@@ -161,12 +161,18 @@ class Trainer:
                          nonfinite_total=state.nonfinite_total)
 
   def loss_fn(self, params, batch):
-    """Total CoCa loss and metrics for a batch (`frames`, `text` `[batch, max_len + 1]`)."""
+    """Total CoCa loss and metrics for a batch (`frames`, `text` `[batch, max_len + 1]`, optional
+    `negatives` `[batch, K, max_len + 1]`: hard-negative texts of each example)."""
     cfg = self.config.loss
     # Frozen sub-trees: no gradient is computed for them at all.
     params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen)
     frames, text_in = model_inputs(batch)
     outputs = self.model.apply({"params": params}, frames, text_in)
+    if "negatives" in batch:  # [batch, K, max_len + 1] hard-negative texts.
+      negatives = batch["negatives"][..., :-1]
+      flat = negatives.reshape(-1, negatives.shape[-1])
+      emb, _ = self.model.apply({"params": params}, flat, method="encode_text")
+      outputs["negative_emb"] = emb.reshape(*negatives.shape[:2], -1)
     labels = batch["text"][:, 1:]
     logits_fn = lambda h: self.model.apply({"params": params}, h, method="logits")  # noqa: E731
     return losses.coca_loss(outputs, labels, labels != self.config.model.text.pad_id, logits_fn,

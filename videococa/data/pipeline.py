@@ -37,6 +37,7 @@ Config (`config.input`; optional fields default to `DEFAULTS`):
         'keep("frames", "text")')  # tokenize(config.model.max_len + 1)
   mixture = {}  # Or {key: dict(name=/dir=, split=, weight=, pp=)}: replaces data / pp.
   tokenizer = '{workdir}/tokenizer.model'; tokenizer_vocab_size = 0
+  hard_negatives = 0  # K > 0: the pp also yields 'negatives' int32 [K, max_len + 1].
   shuffle_buffer, cache, prefetch, num_parallel_calls
 
 Token layout: the pp string's `tokenize(L)` must produce L = config.model.max_len + 1 tokens
@@ -81,6 +82,7 @@ DEFAULTS = dict(
     num_parallel_calls=AUTOTUNE,  # Parallel preprocessing calls.
     tokenizer=None,  # Path of the SentencePiece .model; '{workdir}' is replaced.
     tokenizer_vocab_size=0,  # > 0: train a tokenizer of this size if `tokenizer` is missing.
+    hard_negatives=0,  # Hard-negative texts per example the pp yields as 'negatives'.
 )
 DATA_KEYS = ("name", "dir", "split", "data_dir", "config_overrides")
 MEMBER_KEYS = DATA_KEYS + ("weight", "pp")
@@ -251,8 +253,9 @@ def _check_output(spec: Mapping[str, tf.TensorSpec], expected: Mapping[str, tupl
           f"{where} gives {key!r}: {got_str}, but the model needs {list(shape)} {dtype.name}. "
           "frames: end the clip ops with sample_frames(T) or image_to_clip(T) (T = "
           "config.input.num_frames) and random_resized_crop(S) or resize(S) (S = "
-          "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); and keep "
-          "both with keep('frames', 'text').")
+          "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); negatives "
+          "(config.input.hard_negatives > 0): K texts tokenized to [K, config.model.max_len + 1]; "
+          "and keep them with keep('frames', 'text', ...).")
 
 
 def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_step: int,
@@ -260,7 +263,8 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_ste
   """Per-process training batches from `start_step` on (see the module docstring).
 
   Returns a dataset of {'frames': uint8 [local_batch, T, S, S, 3],
-  'text': int32 [local_batch, config.model.max_len + 1]}, plus `extra_keys` (e.g. 'id', for
+  'text': int32 [local_batch, config.model.max_len + 1]}, with `config.input.hard_negatives` = K
+  > 0 also 'negatives': int32 [local_batch, K, max_len + 1], plus `extra_keys` (e.g. 'id', for
   inspection; the pp must keep them).
   """
   shuffle_buffer = _input_field(config, "shuffle_buffer")
@@ -270,6 +274,9 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_ste
   size = config.model.vision.image_size
   expected = {"frames": ((config.input.num_frames, size, size, 3), tf.uint8),
               "text": ((config.model.max_len + 1,), tf.int32)}
+  num_negatives = _input_field(config, "hard_negatives")
+  if num_negatives:
+    expected["negatives"] = ((num_negatives, config.model.max_len + 1), tf.int32)
   start = start_step * local_batch
   weights = [float(m["weight"]) for m in members.values()]
   mix_seed = _seed_pair(config.seed, jax.process_index(), _MIXTURE)

@@ -17,6 +17,8 @@ Keys:
   image    encoded image: string `[]`, or uint8 `[H, W, 3]` when cached.
   frames   decoded clip: uint8 `[T, H, W, 3]` (images become `[1, H, W, 3]`).
   captions string `[N]` reference captions; caption: string `[]`; text: int32 `[..., max_len]`.
+  negative_captions, negatives  string `[K]` / int32 `[K, max_len]` hard-negative texts of the
+           chosen caption (`motion_negatives`), read by the contrastive loss.
   _seed    int64 `[2]` per-example stateless seed, added by the pipeline (`SEED_KEY`).
 
 Frames stay uint8 throughout: the trainer normalises on device (`trainer.model_inputs`), which
@@ -44,6 +46,8 @@ from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
+
+from videococa.data import shapes
 
 Example = dict[str, Any]
 Op = Callable[[Example], Example]
@@ -348,6 +352,24 @@ def get_choose_caption(key: str = "captions", out: str = "caption") -> Op:
         num, message=f"choose_caption: an example has no '{key}'.")]):
       index = tf.random.stateless_uniform([], seed=next_seed(example), maxval=num, dtype=tf.int64)
     example[out] = captions[index]
+    return example
+  return fn
+
+
+@register("motion_negatives")
+def get_motion_negatives(key: str = "caption", label: str = "label",
+                         out: str = "negative_captions") -> Op:
+  """shapes_video: the caption `key` (string `[]`) of a clip whose motion index is `label`,
+  rewritten for each of the other motions -> `out` string `[len(MOTIONS) - 1]` (verb-swapped hard
+  negatives, `shapes.motion_negatives`)."""
+  def swap(caption, motion):
+    negatives = shapes.motion_negatives(caption.decode("utf-8"), shapes.MOTIONS[int(motion)])
+    return np.array([n.encode("utf-8") for n in negatives], dtype=object)
+
+  def fn(example):
+    negatives = tf.numpy_function(swap, [example[key], example[label]], tf.string, stateful=False)
+    negatives.set_shape([len(shapes.MOTIONS) - 1])
+    example[out] = negatives
     return example
   return fn
 

@@ -427,3 +427,21 @@ def mentioned_motions(caption: str) -> set[str]:
   """Motions (`MOTIONS`) whose phrases (any synonym and form) occur in `caption` as whole words."""
   return {m for m, forms in MOTION_WORDS.items()
           if any(re.search(rf"\b{re.escape(p)}\b", caption) for f in forms for p in f)}
+
+
+def motion_negatives(caption: str, motion: str) -> list[str]:
+  """`caption` of a `motion` clip rewritten for each other motion (in `MOTIONS` order): its motion
+  phrase replaced by the same synonym slot and verb form of the other motion, e.g. 'a red ball
+  slides left' -> ['a red ball slides right', 'a red ball slides up', ...]. Verb-swapped hard
+  negatives for contrastive training (as in Momeni et al. 2023, "Verbs in Action").
+
+  Raises ValueError if `caption` has no phrase of `motion`.
+  """
+  phrases = [(len(p), p, slot, form) for slot, forms in enumerate(MOTION_WORDS[motion])
+             for form, p in enumerate(forms)]
+  for _, phrase, slot, form in sorted(phrases, reverse=True):  # Longest phrase first.
+    match = re.search(rf"\b{re.escape(phrase)}\b", caption)
+    if match:
+      return [caption[:match.start()] + MOTION_WORDS[other][slot][form] + caption[match.end():]
+              for other in MOTIONS if other != motion]
+  raise ValueError(f"Caption {caption!r} has no phrase of motion {motion!r}.")
