@@ -2,7 +2,7 @@
 
 Variants (`--config=configs/coca.py:VARIANT[,runlocal]`):
   tiny          the `coca_tiny` model on random data (tests, smoke runs; no TensorFlow needed)
-  shapes_image  a small CoCa on the embedded shapes_video image-text view (the main job's stage 1)
+  shapes_image  a small CoCa on the embedded shapes_video image-text view (the main job's image stage)
   base          CoCa-Base (383M) on random data: plug your data into `config.input`
   large         CoCa-Large (787M), same
 `runlocal` shrinks any variant to a few small steps on this machine. Every field can be overridden
@@ -50,11 +50,11 @@ def get_config(arg=None):
                         pp=SHAPES_PP, mixture={}, shuffle_buffer=2000, cache=True,
                         num_parallel_calls=-1, tokenizer="{workdir}/tokenizer.model",
                         tokenizer_vocab_size=256)
-    config.optimizer.update(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=100,
+    config.optimizer.update(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=60,
                             decay="cosine")
-    config.total_steps = 1500
+    config.total_steps = 600  # ~6 min on a 2-core CPU: the main job's budget.
     config.log_every = 50
-    config.checkpoint_every = 500
+    config.checkpoint_every = 200
   elif arg.variant == "tiny":
     config.model.dtype = "float32"
     config.input.batch_size = 16

@@ -75,3 +75,28 @@ def test_training_on_random_input_needs_no_tensorflow(tmp_path):
   subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=600)
   assert (tmp_path / "checkpoints" / "4").is_dir()
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_hard_negatives_enter_the_contrastive_loss():
+  """Each clip's `negatives` [batch, K, L+1] are encoded like captions and added to its image->text
+  candidates: with K copies of its own caption the loss equals the closed form on the same
+  embeddings (so the reshape, token slicing and pairing are right)."""
+  from videococa import losses  # pylint: disable=g-import-not-at-top
+  config = _tiny()
+  trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
+  params = trainer.init_state().params
+  rng = np.random.default_rng(0)
+  batch_size, k, size = 4, 3, config.model.vision.image_size
+  text = rng.integers(4, config.model.vocab_size, (batch_size, config.model.max_len + 1))
+  text[:, 0], text[:, -3:] = 2, 0  # BOS ... PAD.
+  batch = dict(frames=rng.uniform(-1, 1, (batch_size, 1, size, size, 3)).astype(np.float32),
+               text=text.astype(np.int32))
+  _, plain = trainer.loss_fn(params, batch)
+  with_negatives = dict(batch, negatives=np.repeat(batch["text"][:, None], k, axis=1))
+  _, metrics = trainer.loss_fn(params, with_negatives)
+  frames, tokens = trainer_lib.model_inputs(batch)
+  out = trainer.model.apply({"params": params}, frames, tokens)
+  expected, _ = losses.contrastive_loss(out["image_emb"], out["text_emb"], out["logit_scale"],
+                                        np.repeat(np.asarray(out["text_emb"])[:, None], k, axis=1))
+  np.testing.assert_allclose(metrics["contrastive_loss"], expected, rtol=1e-5)
+  assert metrics["contrastive_loss"] > plain["contrastive_loss"]

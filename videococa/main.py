@@ -7,12 +7,12 @@ Stages (each skipped when its output exists, so a re-run resumes where it stoppe
   1. build shapes_video (video and image views) if absent;
   2. train a SentencePiece tokenizer on their training captions -> JOB/tokenizer.model;
   3. pretrain an image CoCa on the image view (configs/coca.py:shapes_image) -> JOB/image_coca;
-  4. inflate it into a VideoCoCa (python -m videococa.convert inflate) -> JOB/video_init;
+  4. inflate it into a VideoCoCa (python -m videococa.convert inflate) -> JOB/video_init_<variant>;
   5. train the VideoCoCa (configs/videococa.py:shapes; attentional pooler with temporal
      embeddings, LiT) -> JOB/video_coca, then zero-shot evals on the held-out `test` compositions;
   6. write the report -> JOB/report/index.html (+ report.md, PNGs).
-`study` trains the four video variants with the same budget after stages 1-4 and adds the image
-model (frames averaged) as a baseline: JOB/study/report.
+`study` trains the four video variants with the same budget (`STUDY_VIDEO_STEPS` each) after
+stages 1-4 and adds the image model (frames averaged) as a baseline: JOB/study/report.
 `--quick` shrinks the data and the schedules to a smoke test of a few minutes.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ VARIANTS = ("attentional_pooler", "factorized", "joint_space_time", "mean_pool")
 TOKENIZER_VOCAB = 256
 QUICK_DATA = dict(num_train=256, num_validation=32, num_test=64)  # shapes_video sizes, --quick.
 QUICK_STEPS = dict(image=60, video=40)
+STUDY_VIDEO_STEPS = 200  # Per variant in `study` (half the main job's): 4 variants in ~30 min.
 
 
 VIEWS = ("shapes_video/video", "shapes_video/image")
@@ -96,9 +97,13 @@ def _train_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> 
 
 
 def _video_stage(job: str, variant: str, init: str, tokenizer_path: str, data_fields: dict,
-                 quick: bool, workdir: str) -> None:
+                 quick: bool, workdir: str, steps: int | None = None) -> None:
+  """Trains (and evaluates) VideoCoCa `variant` from `init`; `steps` overrides the schedule."""
   config = config_utils.load_config(VIDEO_CONFIG.format(variant=variant))
   config.init_from = init
+  if steps and not quick:
+    config.total_steps, config.checkpoint_every = steps, steps
+    config.optimizer.warmup_steps = steps // 10
   _with_data(config, tokenizer_path, data_fields, quick, QUICK_STEPS["video"])
   _train_stage(f"VideoCoCa ({variant}, LiT)", config, workdir)
 
@@ -142,7 +147,7 @@ def run_study(job: str, quick: bool) -> str:
   for variant in VARIANTS:
     workdir = os.path.join(study, variant)
     _video_stage(job, variant, _inflated(job, image_dir, variant), tokenizer_path, data_fields,
-                 quick, workdir)
+                 quick, workdir, STUDY_VIDEO_STEPS)
     stages[f"VideoCoCa {variant}"] = workdir
   # Baseline: the image CoCa, frames averaged (the mean_pool variant adds no parameters).
   baseline_dir = os.path.join(study, "image_model_mean_pool")

@@ -8,7 +8,8 @@ Configs:
 
 Everything comes from `videococa.data.shapes` driven by `np.random.default_rng([seed, split,
 index])`, so rebuilding gives the same bytes and each split is seeded independently. No download.
-README.md next to this file documents the label set, caption templates, splits and sizes. Load it
+README.md next to this file is the TFDS description; the top-level README documents the label set,
+caption templates, splits and sizes. Load it
 with `videococa.data.datasets.get_builder('shapes_video/video')` (imports this file by path).
 """
 from __future__ import annotations
