@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from videococa import config_utils
 from videococa.data import tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,3 +140,21 @@ def test_import_does_not_import_tensorflow():
   code = ("import sys; from videococa.data import tokenizer; assert 'tensorflow' not in sys.modules; "
           "assert 'tensorflow_datasets' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_shapes_captions_fit_the_shapes_model_unsplit(tmp_path):
+  """The main job's tokenizer (256 pieces) keeps every shapes_video caption, video or image view,
+  within the shapes model's text length (no truncated motions or positions)."""
+  from videococa.data import shapes  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  captions = []
+  for _ in range(1500):
+    captions += shapes.video_captions(shapes.sample_clip(rng), rng)
+    captions += shapes.image_captions(shapes.sample_image(rng), rng)
+  path = tokenizer.train(captions[:10000], 256, tmp_path / "spm")
+  tok = tokenizer.Tokenizer(path)
+  lengths = (tok.encode(captions[10000:], 64) != tokenizer.PAD_ID).sum(axis=1)
+  assert lengths.max() <= config_utils.load_config(
+      os.path.join(ROOT, "configs/coca.py:shapes_image")).model.max_len + 1, lengths.max()
+  assert tok.encode(["a yellow square"], 8)[0, 1:4].tolist() == [
+      tok.encode([w], 3)[0, 1] for w in ("a", "yellow", "square")]  # Whole-word pieces.

@@ -98,7 +98,7 @@ class Tokenizer:
     return texts
 
 
-def train(texts: Iterable[str], vocab_size: int, out_prefix, model_type="unigram",
+def train(texts: Iterable[str], vocab_size: int, out_prefix, model_type="bpe",
           character_coverage=1.0) -> str:
   """Trains a SentencePiece model in memory and writes it to `out_prefix`.model.
 
@@ -109,7 +109,11 @@ def train(texts: Iterable[str], vocab_size: int, out_prefix, model_type="unigram
     texts: the training corpus, one caption per item (empty ones are ignored).
     vocab_size: the vocabulary size to aim for, the 4 special pieces included.
     out_prefix: the output path without '.model'; its folder is created.
-    model_type: 'unigram' or 'bpe'.
+    model_type: 'bpe' (default) or 'unigram'. On a small caption corpus with a small vocabulary
+      unigram prunes far below `vocab_size` and splits common words: on shapes_video at 256 it
+      keeps 123 pieces ('yellow' -> 'y', 'el', 'low'), 18.3 tokens per caption and 7% of captions
+      over 24 tokens (44% of the image captions), against 256 pieces and 11.6 tokens (max 20)
+      with BPE, whose merges make every frequent word one piece.
     character_coverage: the share of characters (by count) given their own piece; the rest
       become unk. 1.0 keeps every character of a small alphabet (e.g. English captions, where a
       rare letter would otherwise be lost); ~0.9995 suits large alphabets (Chinese, Japanese).
@@ -173,7 +177,7 @@ def _define_flags():
   flags.DEFINE_string("split", "train", "Split to read captions from.")
   flags.DEFINE_integer("max_examples", None, "Read at most this many examples.")
   flags.DEFINE_integer("vocab_size", None, "Vocabulary size (an upper bound).", required=True)
-  flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece model type.")
+  flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece model type.")
   flags.DEFINE_string("out", None, "Output path prefix: writes PREFIX.model.", required=True)
 
 
