@@ -169,7 +169,7 @@ def _headline(workdir: str) -> dict:
   import json  # pylint: disable=g-import-not-at-top
   out = {}
   for name, key, label in (("motion", "top1", "motion top-1"), ("retrieval", "t2v_R@1",
-                                                                 "text->video R@1"),
+                                                                 "text→video R@1"),
                            ("captioning", "cider", "CIDEr")):
     path = os.path.join(workdir, "evals", f"{name}_latest.json")
     if os.path.exists(path):
