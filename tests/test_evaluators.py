@@ -32,7 +32,7 @@ def env(tmp_path_factory):
   root = tmp_path_factory.mktemp("evaluators")
   data = dict(name="shapes_video/video", split="test", data_dir=str(root), config_overrides=SIZES)
   builder = datasets.ensure_prepared(datasets.get_builder(data["name"], str(root), SIZES))
-  tok_path = tokenizer.train(tokenizer.captions_from_builder(builder, "train"), 200, root / "spm")
+  tok_path = tokenizer.train(tokenizer.captions_from_builder(builder, "train"), 128, root / "spm")
   tok = tokenizer.Tokenizer(tok_path)
   config = config_utils.load_config(f"{CONFIG}:tiny")
   config.model.update(vocab_size=128, max_len=24)
