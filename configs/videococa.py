@@ -55,8 +55,8 @@ def _shapes(config, arg):
                       decode=dict(method="greedy", max_new_tokens=text_len), show_examples=12,
                       baseline_captions_from=dict(SHAPES_VIDEO, split="train")),
   )
-  config.optimizer.update(lr=1e-3, warmup_steps=40, decay="cosine")
-  config.total_steps = 400  # ~8 min on a 2-core CPU: the main job's budget.
+  config.optimizer.update(lr=1e-3, warmup_steps=60, decay="cosine")
+  config.total_steps = 600  # ~7 min on a 2-core CPU: the main job's budget.
   config.log_every = 50
   config.checkpoint_every = 200
   if arg.runlocal:
@@ -107,8 +107,8 @@ def get_config(arg=None):
     _videocc3m(config, arg)
   else:
     raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use shapes or videocc3m.")
-  config.model.video = dict(variant=arg.video, num_frames=NUM_FRAMES,
-                            temporal_embedding=arg.video == "attentional_pooler", temporal_depth=2)
+  config.model.video = dict(variant=arg.video, num_frames=NUM_FRAMES, temporal_depth=2,
+                            temporal_embedding="sincos" if arg.video == "attentional_pooler" else False)
   if arg.mode == "frozen_ft":
     config.frozen_ft_boundary = config.total_steps // 4
   return config

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videococa.models import coca, presets, vit
+from videococa.models import coca, poolers, presets, vit
 
 
 def _inputs(cfg, batch=2, seed=0, num_frames=1):
@@ -145,6 +145,31 @@ def test_pooler_modes(mode):
   names = set(variables["params"]["pooling"])
   expected = {"single": {"pooler"}}.get(mode, {"caption_pooler", "contrastive_pooler"})
   assert names == expected
+
+
+def test_posemb_sincos_2d_closed_form():
+  table = np.asarray(poolers.posemb_sincos_2d(16, 8))  # 4x4 grid, 2 frequencies per quarter.
+  omega = np.array([1.0, 1e-2])
+  for token, (row, col) in enumerate((r, c) for r in range(4) for c in range(4)):
+    expected = np.concatenate([np.sin(col * omega), np.cos(col * omega), np.sin(row * omega),
+                               np.cos(row * omega)])
+    np.testing.assert_allclose(table[token], expected, atol=1e-6)
+  with pytest.raises(ValueError, match="square grid"):
+    poolers.posemb_sincos_2d(17, 8)  # A class token in front of a 4x4 grid.
+
+
+@pytest.mark.parametrize("position_encoding", ["none", "sincos2d"])
+def test_pooler_positions_make_it_see_where(position_encoding):
+  """Cross-attention pooling is blind to token order; sin-cos positions make it see the layout."""
+  pooling = poolers.VisualPooling(num_queries=4, width=16, num_heads=2,
+                                  position_encoding=position_encoding)
+  tokens = jax.random.normal(jax.random.key(0), (2, 2 * 9, 16))  # 2 frames of 3x3 tokens.
+  params = pooling.init(jax.random.key(1), tokens, 2)
+  shuffled = tokens.reshape(2, 2, 9, 16)[:, :, ::-1].reshape(tokens.shape)  # Mirror each frame.
+  (pooled, caption), (pooled_s, caption_s) = (pooling.apply(params, t, 2) for t in
+                                              (tokens, shuffled))
+  same = np.allclose(pooled, pooled_s, atol=1e-5) and np.allclose(caption, caption_s, atol=1e-5)
+  assert same == (position_encoding == "none")
 
 
 def test_tied_embedding_and_activations():

@@ -43,7 +43,7 @@ def _with_shared(video_params, image_params):
 
 @pytest.mark.parametrize("variant,extra", [
     ("attentional_pooler", {}), ("attentional_pooler", {"temporal_embedding": True}),
-    ("factorized", {}), ("joint_space_time", {}), ("mean_pool", {})])
+    ("attentional_pooler", {"temporal_embedding": "sincos"}), ("factorized", {}), ("joint_space_time", {}), ("mean_pool", {})])
 def test_one_frame_clip_gives_exactly_the_image_model(image_model, variant, extra):
   model_img, params_img = image_model
   model = coca.Model(**_video_config(variant, **extra))
@@ -58,6 +58,21 @@ def test_one_frame_clip_gives_exactly_the_image_model(image_model, variant, extr
   clip = jax.jit(model.apply)({"params": params}, _data(NUM_FRAMES)[0], tokens)
   assert clip["hidden"].shape == expected["hidden"].shape
   assert not np.allclose(clip["image_emb"], expected["image_emb"])
+
+
+def test_sincos_temporal_embedding_init():
+  """'sincos' starts the learned table at sin(t w), cos(t w) - 1 (zero at frame 0)."""
+  model = coca.Model(**_video_config("attentional_pooler", temporal_embedding="sincos"))
+  params = model.init(jax.random.key(1), *_data(NUM_FRAMES))["params"]
+  table = np.asarray(getattr(params["temporal_embedding"], "value", params["temporal_embedding"]))
+  width = table.shape[1]
+  omega = 1.0 / 100 ** (np.arange(width // 2) / (width // 2 - 1))
+  angle = np.arange(NUM_FRAMES)[:, None] * omega
+  np.testing.assert_allclose(table, np.concatenate([np.sin(angle), np.cos(angle) - 1], 1),
+                             atol=1e-6)
+  assert not np.allclose(table[1], table[2])
+  with pytest.raises(ValueError, match="temporal_embedding='cosine'"):
+    video.temporal_init("cosine")
 
 
 def test_joint_space_time_at_init_equals_per_frame_encoding(image_model):

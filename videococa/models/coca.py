@@ -65,7 +65,9 @@ class Model(nn.Module):
         joint_space_time=video["variant"] == "joint_space_time")
     if video["variant"] == "attentional_pooler" and video["temporal_embedding"]:
       self.frame_embedding = self.param(
-          "temporal_embedding", layers.logical(nn.initializers.zeros, ("positions", "embed")),
+          "temporal_embedding",
+          layers.logical(video_lib.temporal_init(video["temporal_embedding"]),
+                         ("positions", "embed")),
           (video["num_frames"], self.vision["width"]))
     if video["variant"] == "factorized":
       self.temporal_encoder = video_lib.TemporalEncoder(
@@ -104,7 +106,8 @@ class Model(nn.Module):
       if hasattr(self, "frame_embedding"):
         video_lib.check_frames(num_frames, self.video_cfg["num_frames"])
         tokens = tokens + self.frame_embedding[:num_frames, None, :].astype(tokens.dtype)
-      pooled, caption = self.pooling(tokens.reshape(batch, num_frames * num_tokens, width))
+      pooled, caption = self.pooling(tokens.reshape(batch, num_frames * num_tokens, width),
+                                     num_frames)
     else:  # Per-frame pooling.
       pooled, caption = self.pooling(tokens.reshape(batch * num_frames, num_tokens, width))
       pooled = pooled.reshape(batch, num_frames, 1, -1)

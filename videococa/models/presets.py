@@ -14,7 +14,8 @@ from videococa.errors import UserError
 def _coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, image_size: int,
           patch_size: int, vocab_size: int, max_len: int, num_queries: int, embed_dim: int,
           text_width: int | None = None, text_mlp_dim: int | None = None,
-          text_heads: int | None = None) -> ml_collections.ConfigDict:
+          text_heads: int | None = None, pooler_positions: str = "none"
+          ) -> ml_collections.ConfigDict:
   text_width = text_width or width
   text_mlp_dim = text_mlp_dim or mlp_dim
   text_heads = text_heads or heads
@@ -26,7 +27,7 @@ def _coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, 
                   mlp_dim=mlp_dim, num_heads=heads, class_token=False, pre_norm=False,
                   final_norm=True, patch_bias=True),
       pooler=dict(mode="cascade", num_queries=num_queries, width=text_width, num_heads=text_heads,
-                  kv_norm=False, query_norm=False),
+                  kv_norm=False, query_norm=False, position_encoding=pooler_positions),
       text=dict(width=text_width, depth=text_depth, mlp_dim=text_mlp_dim, num_heads=text_heads,
                 pad_id=0, cls_mask="exact"),
       decoder=dict(depth=text_depth, mlp_dim=text_mlp_dim, num_heads=text_heads,
@@ -117,10 +118,11 @@ PRESETS = {
     "coca_tiny": lambda: _coca(width=32, depth=2, mlp_dim=64, heads=2, text_depth=1, image_size=32,
                                patch_size=8, vocab_size=64, max_len=12, num_queries=8,
                                embed_dim=32),
-    # The embedded shapes_video runs (./run.sh): 64x64 frames, 8x8 patches; ~2M parameters.
+    # The embedded shapes_video runs (./run.sh): 64x64 frames, 8x8 patches; ~2M parameters. The
+    # poolers see sin-cos positions: captions name positions and motion is a change of position.
     "coca_shapes": lambda: _coca(width=128, depth=4, mlp_dim=512, heads=4, text_depth=2,
                                  image_size=64, patch_size=8, vocab_size=256, max_len=24,
-                                 num_queries=32, embed_dim=128),
+                                 num_queries=32, embed_dim=128, pooler_positions="sincos2d"),
     # CoCa-Base: ViT-B/18 at 288px, 12 + 12 decoder layers, 383M parameters.
     "coca_base": lambda: _coca(width=768, depth=12, mlp_dim=3072, heads=12, text_depth=12,
                                image_size=288, patch_size=18, vocab_size=64_000, max_len=64,

@@ -2,9 +2,10 @@
 
 Variants (`config.model.video.variant`), all on frames `[batch, frames, H, W, 3]`:
 * `attentional_pooler` (default, no new parameters): every frame's tokens are flattened into one
-  `[batch, frames * tokens, width]` sequence for the poolers; optionally with a learned,
-  zero-initialised `temporal_embedding` added per frame (the pooler's cross-attention is otherwise
-  blind to frame order: "moves left" and "moves right" look alike).
+  `[batch, frames * tokens, width]` sequence for the poolers; optionally with a learned
+  `temporal_embedding` added per frame (the pooler's cross-attention is otherwise blind to frame
+  order: "moves left" and "moves right" look alike): `True` starts it at zero, `"sincos"` at a
+  1D sin-cos code of the frame index (`sincos_1d`), so frame order is visible from the first step.
 * `factorized`: poolers run per frame; a temporal transformer then mixes each pooled slot (the
   contrastive token and every captioning token) across time. Its residual outputs and temporal
   embedding start at zero, so at initialisation it is the identity. Captioning tokens of all frames
@@ -24,6 +25,25 @@ from videococa.models import layers
 VARIANTS = ("attentional_pooler", "factorized", "joint_space_time", "mean_pool")
 DEFAULTS = dict(variant="attentional_pooler", num_frames=8, temporal_embedding=False,
                 temporal_depth=4)
+TEMPORAL_EMBEDDINGS = (False, True, "sincos")
+
+
+def sincos_1d(num_frames: int, width: int, temperature: float = 100.) -> jnp.ndarray:
+  """`[num_frames, width]` sin-cos code of the frame index minus frame 0's (so frame 0 gets zeros and
+  a one-frame clip stays exactly the image model): half the channels sin(t w), half cos(t w) - 1."""
+  omega = 1.0 / temperature ** (jnp.arange(width // 2) / max(width // 2 - 1, 1))
+  angle = jnp.outer(jnp.arange(num_frames), omega)
+  return jnp.concatenate([jnp.sin(angle), jnp.cos(angle) - 1.0], axis=1)
+
+
+def temporal_init(kind):
+  """Initializer of the attentional pooler's learned temporal embedding (`TEMPORAL_EMBEDDINGS`)."""
+  if kind not in TEMPORAL_EMBEDDINGS:
+    raise ValueError(f"model.video.temporal_embedding={kind!r}; choose one of "
+                     f"{TEMPORAL_EMBEDDINGS}.")
+  if kind == "sincos":
+    return lambda key, shape, dtype=jnp.float32: sincos_1d(*shape).astype(dtype)
+  return nn.initializers.zeros
 
 
 def check_frames(num_frames: int, table_size: int) -> None:
