@@ -42,6 +42,15 @@ def logical(init: Callable, axes: Sequence[str | None]) -> Callable:
   return nn.with_logical_partitioning(init, tuple(axes))
 
 
+def sincos_angles(positions: jax.Array, count: int, temperature: float = 100.) -> jax.Array:
+  """`[len(positions), count]` angles `position * w` at `count` geometric frequencies w from 1 down
+  to 1/temperature: the argument of the fixed sin-cos position codes (`poolers.posemb_sincos_2d`,
+  `video.sincos_1d`). big_vision's temperature 10_000 leaves most channels nearly constant on grids
+  of 8-16 positions; 100 still separates positions hundreds apart."""
+  omega = 1.0 / temperature ** (jnp.arange(count) / max(count - 1, 1))
+  return jnp.outer(positions, omega)
+
+
 def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
                       scale_init=logical(nn.initializers.ones, ("norm",)),

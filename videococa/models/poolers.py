@@ -13,19 +13,17 @@ POOLER_MODES = ("cascade", "parallel", "single", "class_token")
 POSITION_ENCODINGS = ("none", "sincos2d")
 
 
-def posemb_sincos_2d(num_tokens: int, width: int, temperature: float = 100.) -> jax.Array:
+def posemb_sincos_2d(num_tokens: int, width: int) -> jax.Array:
   """Fixed 2D sin-cos position table `[num_tokens, width]` of a square grid (as big_vision's ViT):
-  a quarter of the channels each for sin(x), cos(x), sin(y), cos(y) at geometric frequencies from 1
-  to 1/temperature. big_vision's 10_000 leaves most channels nearly constant on grids of 8-16
-  tokens; 100 still separates every cell of grids up to ~300 tokens a side."""
+  a quarter of the channels each for sin(x), cos(x), sin(y), cos(y) at the frequencies of
+  `layers.sincos_angles`."""
   side = math.isqrt(num_tokens)
   if side * side != num_tokens or width % 4:
     raise ValueError(f"sincos2d positions need a square grid of tokens and a width divisible by 4; "
                      f"got {num_tokens} tokens of width {width} (a class token? use "
                      "model.pooler.position_encoding='none').")
   y, x = jnp.mgrid[:side, :side]
-  omega = 1.0 / temperature ** (jnp.arange(width // 4) / max(width // 4 - 1, 1))
-  y, x = jnp.outer(y.ravel(), omega), jnp.outer(x.ravel(), omega)
+  y, x = (layers.sincos_angles(c.ravel(), width // 4) for c in (y, x))
   return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
 
 
@@ -74,7 +72,7 @@ class VisualPooling(nn.Module):
   `position_encoding='sincos2d'` adds fixed 2D sin-cos positions (`posemb_sincos_2d`) to every
   frame's tokens before pooling, as CLIP's AttentionPool2d adds positions before its pooling
   attention: the pooled outputs then say *where* things are, which per-frame features need for
-  the temporal model to see motion (see README, "Variant study"). No parameters.
+  the temporal model to see motion (README, "Results of the default run"). No parameters.
   """
   mode: str = "cascade"
   num_queries: int = 256

@@ -28,11 +28,13 @@ DEFAULTS = dict(variant="attentional_pooler", num_frames=8, temporal_embedding=F
 TEMPORAL_EMBEDDINGS = (False, True, "sincos")
 
 
-def sincos_1d(num_frames: int, width: int, temperature: float = 100.) -> jnp.ndarray:
+def sincos_1d(num_frames: int, width: int) -> jnp.ndarray:
   """`[num_frames, width]` sin-cos code of the frame index minus frame 0's (so frame 0 gets zeros and
-  a one-frame clip stays exactly the image model): half the channels sin(t w), half cos(t w) - 1."""
-  omega = 1.0 / temperature ** (jnp.arange(width // 2) / max(width // 2 - 1, 1))
-  angle = jnp.outer(jnp.arange(num_frames), omega)
+  a one-frame clip stays exactly the image model): half the channels sin(t w), half cos(t w) - 1,
+  at the frequencies of `layers.sincos_angles`."""
+  if width % 2:
+    raise ValueError(f"A sin-cos temporal embedding needs an even width; got {width}.")
+  angle = layers.sincos_angles(jnp.arange(num_frames), width // 2)
   return jnp.concatenate([jnp.sin(angle), jnp.cos(angle) - 1.0], axis=1)
 
 
