@@ -1,7 +1,7 @@
 """VideoCoCa's ways of turning per-frame visual tokens into clip-level outputs (arXiv 2212.04979).
 
 Variants (`config.model.video.variant`), all on frames `[batch, frames, H, W, 3]`:
-* `attentional_pooler` (default, no new parameters): every frame's tokens are flattened into one
+* `attentional_pooler` (default): every frame's tokens are flattened into one
   `[batch, frames * tokens, width]` sequence for the poolers; optionally with a learned
   `temporal_embedding` added per frame (the pooler's cross-attention is otherwise blind to frame
   order: "moves left" and "moves right" look alike): `True` starts it at zero, `"sincos"` at a
