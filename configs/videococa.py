@@ -55,6 +55,10 @@ def _shapes(config, arg):
                       decode=dict(method="greedy", max_new_tokens=text_len), show_examples=12,
                       baseline_captions_from=dict(SHAPES_VIDEO, split="train")),
   )
+  # LiT with a text tower trained from scratch (the LiT paper's setting): the image stage's text
+  # tower embeds "... on the left" and "... on the right" identically (cosine 1.000), and from it
+  # the video stage never learns a direction of motion (README, "Results of the default run").
+  config.init_dont_load = (r"^token_embedding/", r"^text_encoder/", r"^text_proj/")
   config.optimizer.update(lr=1e-3, warmup_steps=60, decay="cosine")
   config.total_steps = 600  # ~7 min on a 2-core CPU: the main job's budget.
   config.log_every = 50
@@ -97,6 +101,7 @@ def get_config(arg=None):
   config.training_mode = arg.mode
   config.frozen_ft_boundary = 0
   config.init_from = arg.init
+  config.init_dont_load = ()  # Regexes of parameters kept at their fresh init (see coca.load).
   if arg.init:  # The image model's tokenizer; never retrain one (its ids would not match).
     config.input.tokenizer = os.path.join(arg.init, "tokenizer.model")
     config.input.tokenizer_vocab_size = 0

@@ -6,6 +6,7 @@ import pytest
 from flax import traverse_util
 
 from videococa import checkpoint, config_utils, optim, sharding, train, trainer as trainer_lib
+from videococa.errors import UserError
 from videococa.models import coca, presets, video
 
 NUM_FRAMES = 4
@@ -184,3 +185,24 @@ def test_inflation_copies_shared_resizes_positions_and_reports_new(tmp_path, ima
   with pytest.raises(ValueError, match="the checkpoint has shape"):
     coca.load(jax.tree.map(lambda x: getattr(x, "value", x), bad["params"],
                            is_leaf=lambda x: hasattr(x, "value")), str(tmp_path / "image"), cfg)
+
+
+def test_dont_load_keeps_fresh_parameters_and_rejects_unmatched_patterns(tmp_path, image_model):
+  _, params_img = image_model
+  checkpoint.save_params(str(tmp_path / "image"), params_img, dict(model_name="coca"))
+  cfg = _video_config("mean_pool")
+  init = coca.Model(**cfg).init(jax.random.key(5), *_data(NUM_FRAMES))["params"]
+  init = jax.tree.map(lambda x: getattr(x, "value", x), init, is_leaf=lambda x: hasattr(x, "value"))
+  patterns = (r"^text_encoder/", r"^token_embedding/")
+  params, report = coca.load(init, str(tmp_path / "image"), cfg, dont_load=patterns)
+  flat, flat_init, flat_img = (traverse_util.flatten_dict(p, sep="/")
+                               for p in (params, init, params_img))
+  fresh = [p for p in flat if p.startswith(("text_encoder/", "token_embedding/"))]
+  assert fresh and sorted(report["not_loaded"]) == sorted(fresh)
+  for path in fresh:
+    np.testing.assert_array_equal(flat[path], flat_init[path])
+  assert not np.array_equal(flat["token_embedding/embedding"], flat_img["token_embedding/embedding"])
+  assert "text_proj/kernel" in report["copied"]
+  np.testing.assert_array_equal(flat["text_proj/kernel"], flat_img["text_proj/kernel"])
+  with pytest.raises(UserError, match=r"match no parameter.*init_dont_load"):
+    coca.load(init, str(tmp_path / "image"), cfg, dont_load=(r"^text_encoderr/",))

@@ -113,10 +113,12 @@ def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]
   state = trainer.init_state()
   if config.get("init_from"):
     module = trainer_lib.load_model_module(config.model_name)
-    params, report = module.load(jax.device_get(state.params), config.init_from, config.model)
+    params, report = module.load(jax.device_get(state.params), config.init_from, config.model,
+                                 dont_load=tuple(config.get("init_dont_load", ())))
     state = trainer.init_state(params=params)
     console(f"Initialised from {config.init_from}: {len(report['copied'])} parameters copied, "
             f"{len(report['resized'])} resized, {len(report['new'])} new, "
+            f"{len(report['not_loaded'])} not loaded (config.init_dont_load), "
             f"{len(report['unused'])} unused.")
   else:
     console(f"Starting from scratch: no checkpoint in {ckpt.directory}.")

@@ -8,7 +8,8 @@ vocabulary logits. Images are clips of one frame.
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -172,8 +173,8 @@ def init_decode_cache(model: Model, params: Any, caption_tokens: jax.Array, max_
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int | None = None
-         ) -> tuple[Any, dict[str, list[str]]]:
+def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int | None = None,
+         dont_load: Sequence[str] = ()) -> tuple[Any, dict[str, list[str]]]:
   """Initialises `init_params` from the checkpoint at `init_file` (a workdir, its checkpoints/, or a
   `videococa.convert` output): e.g. an image CoCa into a VideoCoCa (inflation).
 
@@ -181,7 +182,11 @@ def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int |
   image size is bilinearly resized; parameters only in `init_params` (temporal embeddings, the
   temporal transformer) keep their fresh initialisation; checkpoint parameters the model does not
   have are ignored. Any other shape mismatch raises naming the parameter and both shapes.
-  Returns (params, report) with report keys 'copied', 'resized', 'new', 'unused' (lists of paths).
+  Parameters whose path matches a regular expression in `dont_load` (big_vision's
+  `model_load.dont_load`, e.g. `r"^text_encoder/"`) keep their fresh initialisation too; a pattern
+  that matches no parameter raises (a typo would otherwise load everything silently).
+  Returns (params, report) with report keys 'copied', 'resized', 'new', 'not_loaded', 'unused'
+  (lists of paths).
   """
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from videococa import checkpoint  # pylint: disable=g-import-not-at-top
@@ -189,9 +194,17 @@ def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int |
   ours = traverse_util.flatten_dict(init_params, sep="/")
   theirs = traverse_util.flatten_dict(loaded, sep="/")
   num_prefix = int(bool(model_cfg and model_cfg["vision"].get("class_token", False)))
-  report: dict[str, list[str]] = dict(copied=[], resized=[], new=[], unused=[])
+  unmatched = [p for p in dont_load if not any(re.search(p, path) for path in ours)]
+  if unmatched:
+    raise UserError(f"dont_load patterns {unmatched} match no parameter of the model (paths look "
+                    f"like {sorted(ours)[:3]}); fix config.init_dont_load.")
+  report: dict[str, list[str]] = dict(copied=[], resized=[], new=[], not_loaded=[], unused=[])
   out = {}
   for path, target in ours.items():
+    if any(re.search(p, path) for p in dont_load):
+      out[path] = target
+      report["not_loaded"].append(path)
+      continue
     if path not in theirs:
       out[path] = target
       report["new"].append(path)
