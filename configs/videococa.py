@@ -1,7 +1,7 @@
 """VideoCoCa: an image CoCa adapted to video (arXiv 2212.04979).
 
   --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE]
-                                    [,negatives=False][,runlocal]
+                                    [,negatives=False][,fresh_text][,runlocal]
 
 DATA    shapes     the embedded shapes_video clips (16 frames, 64x64; 8 sampled), zero-shot evals on
                    the held-out `test` compositions (motion classification, retrieval, captioning)
@@ -14,6 +14,8 @@ PATH    checkpoint to start from (an image CoCa workdir or a `videococa.convert`
         inflated as in `python -m videococa.convert inflate`
 SIZE    base (default) | large  (videocc3m only)
 negatives=False  shapes without the verb-swapped hard-negative captions (on by default)
+fresh_text       shapes with the text tower (token embedding, encoder, projection) trained from
+                 scratch instead of loaded from PATH (`config.init_dont_load`)
 """
 import os
 
@@ -55,10 +57,8 @@ def _shapes(config, arg):
                       decode=dict(method="greedy", max_new_tokens=text_len), show_examples=12,
                       baseline_captions_from=dict(SHAPES_VIDEO, split="train")),
   )
-  # LiT with a text tower trained from scratch (the LiT paper's setting): the image stage's text
-  # tower embeds "... on the left" and "... on the right" identically (cosine 1.000), and from it
-  # the video stage never learns a direction of motion (README, "Results of the default run").
-  config.init_dont_load = (r"^token_embedding/", r"^text_encoder/", r"^text_proj/")
+  if arg.fresh_text:  # LiT's setting: the text tower trained from scratch (README, "Results").
+    config.init_dont_load = (r"^token_embedding/", r"^text_encoder/", r"^text_proj/")
   config.optimizer.update(lr=1e-3, warmup_steps=60, decay="cosine")
   config.total_steps = 600  # ~7 min on a 2-core CPU: the main job's budget.
   config.log_every = 50
@@ -95,7 +95,8 @@ def _videocc3m(config, arg):
 
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="shapes", video="attentional_pooler", mode="lit",
-                               init="", model="base", negatives=True, runlocal=False)
+                               init="", model="base", negatives=True, fresh_text=False,
+                               runlocal=False)
   config = config_utils.load_config(f"{_IMAGE_CONFIG}:shapes_image" +
                                     (",runlocal" if arg.runlocal else ""))
   config.training_mode = arg.mode
