@@ -8,7 +8,6 @@ vocabulary logits. Images are clips of one frame.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -189,19 +188,19 @@ def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int |
   (lists of paths).
   """
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from videococa import checkpoint  # pylint: disable=g-import-not-at-top
+  from videococa import checkpoint, sharding  # pylint: disable=g-import-not-at-top
   loaded, _ = checkpoint.load_params(init_file, step)
   ours = traverse_util.flatten_dict(init_params, sep="/")
   theirs = traverse_util.flatten_dict(loaded, sep="/")
   num_prefix = int(bool(model_cfg and model_cfg["vision"].get("class_token", False)))
-  unmatched = [p for p in dont_load if not any(re.search(p, path) for path in ours)]
+  unmatched = [p for p in dont_load if not any(sharding.path_matches(path, [p]) for path in ours)]
   if unmatched:
     raise UserError(f"dont_load patterns {unmatched} match no parameter of the model (paths look "
                     f"like {sorted(ours)[:3]}); fix config.init_dont_load.")
   report: dict[str, list[str]] = dict(copied=[], resized=[], new=[], not_loaded=[], unused=[])
   out = {}
   for path, target in ours.items():
-    if any(re.search(p, path) for p in dont_load):
+    if sharding.path_matches(path, dont_load):
       out[path] = target
       report["not_loaded"].append(path)
       continue
