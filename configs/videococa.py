@@ -1,7 +1,7 @@
 """VideoCoCa: an image CoCa adapted to video (arXiv 2212.04979).
 
   --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE]
-                                    [,negatives=False][,fresh_text][,runlocal]
+                                    [,negatives=False][,fresh_text][,patch_skip=False][,runlocal]
 
 DATA    shapes     the embedded shapes_video clips (16 frames, 64x64; 8 sampled), zero-shot evals on
                    the held-out `test` compositions (motion classification, retrieval, captioning)
@@ -16,6 +16,9 @@ SIZE    base (default) | large  (videocc3m only)
 negatives=False  shapes without the verb-swapped hard-negative captions (on by default)
 fresh_text       shapes with the text tower (token embedding, encoder, projection) trained from
                  scratch instead of loaded from PATH (`config.init_dont_load`)
+patch_skip=False the poolers read the ViT's output tokens only; by default they also read its local
+                 patch features through a zero-initialised projection (`model.video.patch_skip`,
+                 `videococa.models.video.PatchSkip`; README, "Results of the default run")
 """
 import os
 
@@ -96,7 +99,7 @@ def _videocc3m(config, arg):
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="shapes", video="attentional_pooler", mode="lit",
                                init="", model="base", negatives=True, fresh_text=False,
-                               runlocal=False)
+                               patch_skip=True, runlocal=False)
   config = config_utils.load_config(f"{_IMAGE_CONFIG}:shapes_image" +
                                     (",runlocal" if arg.runlocal else ""))
   config.training_mode = arg.mode
@@ -114,6 +117,7 @@ def get_config(arg=None):
   else:
     raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use shapes or videocc3m.")
   config.model.video = dict(variant=arg.video, num_frames=NUM_FRAMES, temporal_depth=2,
+                            patch_skip=arg.patch_skip,
                             temporal_embedding="sincos" if arg.video == "attentional_pooler" else False)
   if arg.mode == "frozen_ft":
     config.frozen_ft_boundary = config.total_steps // 4

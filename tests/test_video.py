@@ -44,7 +44,10 @@ def _with_shared(video_params, image_params):
 
 @pytest.mark.parametrize("variant,extra", [
     ("attentional_pooler", {}), ("attentional_pooler", {"temporal_embedding": True}),
-    ("attentional_pooler", {"temporal_embedding": "sincos"}), ("factorized", {}), ("joint_space_time", {}), ("mean_pool", {})])
+    ("attentional_pooler", {"temporal_embedding": "sincos"}),
+    ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True}),
+    ("factorized", {}), ("factorized", {"patch_skip": True}), ("joint_space_time", {}),
+    ("mean_pool", {})])
 def test_one_frame_clip_gives_exactly_the_image_model(image_model, variant, extra):
   model_img, params_img = image_model
   model = coca.Model(**_video_config(variant, **extra))
@@ -74,6 +77,35 @@ def test_sincos_temporal_embedding_init():
   assert not np.allclose(table[1], table[2])
   with pytest.raises(ValueError, match="temporal_embedding='cosine'"):
     video.temporal_init("cosine")
+
+
+def test_patch_skip_adds_projected_local_patch_features(image_model):
+  """`patch_skip` feeds the poolers ViT(frames) + proj(LN(patch embedding + position embedding))."""
+  model_img, params_img = image_model
+  model = coca.Model(**_video_config("attentional_pooler", patch_skip=True))
+  frames, tokens = _data(NUM_FRAMES)
+  params = model.init(jax.random.key(1), frames, tokens)["params"]
+  params = _with_shared(jax.tree.map(lambda x: getattr(x, "value", x), params,
+                                     is_leaf=lambda x: hasattr(x, "value")), params_img)
+  kernel = jax.random.normal(jax.random.key(2), params["patch_skip"]["proj"]["kernel"].shape)
+  params["patch_skip"]["proj"]["kernel"] = kernel
+  visual = params["visual"]
+  patch = visual["patch_embed"]["kernel"].shape[0]
+  flat = frames.reshape(-1, *frames.shape[2:])
+  conv = jax.lax.conv_general_dilated(flat, visual["patch_embed"]["kernel"], (patch, patch),
+                                      "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  local = (conv + visual["patch_embed"]["bias"]).reshape(*frames.shape[:2], -1, kernel.shape[0])
+  local = local + visual["pos_embedding"]
+  mean, var = local.mean(-1, keepdims=True), local.var(-1, keepdims=True)
+  expected_skip = (local - mean) / np.sqrt(var + 1e-6) @ kernel
+  vit_tokens = model_img.apply({"params": params_img}, frames, method=lambda m, f: m.visual(f))
+
+  def pooler_input(m, f):
+    out, patch_tokens = m.visual(f)
+    return out + m.patch_skip(patch_tokens)
+
+  got = model.apply({"params": params}, frames, method=pooler_input)
+  np.testing.assert_allclose(got, vit_tokens + expected_skip, rtol=1e-4, atol=1e-4)
 
 
 def test_joint_space_time_at_init_equals_per_frame_encoding(image_model):
@@ -109,7 +141,7 @@ def test_too_many_frames_error_names_the_field():
 def _train_config(mode, **overrides):
   config = config_utils.load_config("configs/coca.py:tiny")
   config.model.video = dict(variant="factorized", num_frames=2, temporal_embedding=False,
-                            temporal_depth=1)
+                            temporal_depth=1, patch_skip=True)
   config.input.num_frames = 2
   config.input.batch_size = 8
   config.mesh = dict(data=1)
@@ -142,7 +174,8 @@ def test_frozen_parameters_are_bit_identical_after_training(mode):
   if mode == "lit":
     assert {p for p in frozen if p.startswith("visual/")} == {p for p, f in frozen.items() if f}
   else:
-    assert all(p.startswith(("pooling/", "image_proj/", "temporal_encoder/")) for p in trained)
+    assert all(p.startswith(("pooling/", "image_proj/", "temporal_encoder/", "patch_skip/"))
+               for p in trained)
   # Frozen parameters carry no optimizer state (Adam moments only for the trainable ones).
   moments = sum(x.size for x in jax.tree.leaves(state.opt_state))
   trainable = sum(before[p].size for p in trained)

@@ -7,7 +7,7 @@ trainer computes no gradient for them).
 
 Training modes (`config.training_mode`, VideoCoCa sec. 3.2): 'ft' trains everything; 'lit' freezes
 the image encoder; 'frozen' trains only the poolers (and parameters new to video: temporal
-embeddings, the temporal transformer); 'frozen_ft' is 'frozen' up to step
+embeddings, the temporal transformer, the patch skip); 'frozen_ft' is 'frozen' up to step
 `config.frozen_ft_boundary`, then 'ft'. `config.optimizer.frozen` adds patterns to any mode.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
 FROZEN_PATTERNS = {
     "ft": (),
     "lit": (r"^visual/(?!temporal_embedding$)",),
-    "frozen": (r"^(?!(pooling|image_proj|temporal_encoder)/|temporal_embedding$"
+    "frozen": (r"^(?!(pooling|image_proj|temporal_encoder|patch_skip)/|temporal_embedding$"
                r"|visual/temporal_embedding$)",),
 }
 TRAINING_MODES = ("ft", "lit", "frozen", "frozen_ft")

@@ -62,7 +62,10 @@ class Model(nn.Module):
                        f"{video_lib.VARIANTS}.")
     self.visual = vit.VisionTransformer(
         **self.vision, **towers, num_frames=video["num_frames"],
-        joint_space_time=video["variant"] == "joint_space_time")
+        joint_space_time=video["variant"] == "joint_space_time",
+        with_patch_tokens=bool(video["patch_skip"]))
+    if video["patch_skip"]:
+      self.patch_skip = video_lib.PatchSkip(ln_eps=self.ln_eps, dtype=dtype)
     if video["variant"] == "attentional_pooler" and video["temporal_embedding"]:
       self.frame_embedding = self.param(
           "temporal_embedding",
@@ -100,6 +103,9 @@ class Model(nn.Module):
     if frames.ndim == 4:
       frames = frames[:, None]
     tokens = self.visual(frames)  # [batch, frames, tokens, width]
+    if self.video_cfg["patch_skip"]:
+      tokens, patch_tokens = tokens
+      tokens = tokens + self.patch_skip(patch_tokens)
     batch, num_frames, num_tokens, width = tokens.shape
     variant = self.video_cfg["variant"]
     if variant in ("attentional_pooler", "joint_space_time"):

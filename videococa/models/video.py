@@ -13,6 +13,9 @@ Variants (`config.model.video.variant`), all on frames `[batch, frames, H, W, 3]
 * `joint_space_time`: all frames' patch tokens go through the ViT as one sequence, with a
   zero-initialised temporal embedding (see `vit.VisionTransformer`), then the poolers.
 * `mean_pool`: poolers run per frame and their outputs are averaged over time (baseline).
+With `patch_skip` (any variant) the poolers read the ViT's output plus `PatchSkip` of its input
+tokens: a zero-initialised projection of the purely local patch features, so at initialisation the
+model is still exactly the inflated image model.
 A single image is a one-frame clip and gets exactly the image model's output in every variant.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from videococa.models import layers
 
 VARIANTS = ("attentional_pooler", "factorized", "joint_space_time", "mean_pool")
 DEFAULTS = dict(variant="attentional_pooler", num_frames=8, temporal_embedding=False,
-                temporal_depth=4)
+                temporal_depth=4, patch_skip=False)
 TEMPORAL_EMBEDDINGS = (False, True, "sincos")
 
 
@@ -82,3 +85,24 @@ class TemporalEncoder(nn.Module):
         mlp_act=self.mlp_act, ln_eps=self.ln_eps, zero_init_residual=True, dtype=self.dtype,
         attention_impl=self.attention_impl))(x)
     return x.reshape(batch, slots, num_frames, width).transpose(0, 2, 1, 3)
+
+
+class PatchSkip(nn.Module):
+  """`[..., width] -> [..., width]`: LayerNorm then a zero-initialised linear map, applied to the
+  ViT's input tokens (patch + position embeddings) and added to its output tokens before pooling.
+
+  The last ViT layer of a contrastively trained image model mixes every patch with the others
+  (pooling wants global features); where an object is, and so how it moves, is far easier to
+  read from the local patch features (README, "Results of the default run"). This is the
+  simplest form of reading several ViT layers (as EVL does with a frozen CLIP). It sits outside
+  `visual/`, so it trains in `lit` mode.
+  """
+  ln_eps: float = 1e-6
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, patch_tokens):
+    x = layers.layer_norm(self.ln_eps, self.dtype, "norm")(patch_tokens)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name="proj",
+                    kernel_init=layers.logical(nn.initializers.zeros, ("embed", "mlp")),
+                    bias_init=layers.logical(nn.initializers.zeros, ("mlp",)))(x)

@@ -23,7 +23,10 @@ class VisionTransformer(nn.Module):
   """ViT: patchify each frame, add learned positions, pre-LN transformer blocks.
 
   `__call__(frames [batch, frames, H, W, 3]) -> tokens [batch, frames, tokens, width]`; `tokens` is the
-  number of patches plus one if `class_token` (the class token comes first). By default frames are
+  number of patches plus one if `class_token` (the class token comes first). With
+  `with_patch_tokens` it returns `(tokens, patch_tokens)`, `patch_tokens` the same shape: the
+  transformer's input (patch embedding + position embedding, before any block), i.e. purely local
+  features of each patch. By default frames are
   folded into the batch, so every frame is encoded independently by the same weights. With
   `joint_space_time` (VideoCoCa's joint encoder) all frames' tokens form one sequence and a learned
   temporal embedding (zero-initialised, `num_frames` rows) is added, so at initialisation every
@@ -42,6 +45,7 @@ class VisionTransformer(nn.Module):
   patch_bias: bool = True
   joint_space_time: bool = False
   num_frames: int = 1
+  with_patch_tokens: bool = False
   mlp_act: str = "gelu"
   ln_eps: float = 1e-6
   dtype: layers.Dtype = jnp.float32
@@ -76,6 +80,7 @@ class VisionTransformer(nn.Module):
                                                         ("positions", "embed")),
                         (num_prefix + self.grid[0] * self.grid[1], self.width))
     x = x + resize_posemb(posemb, self.grid, grid, num_prefix).astype(x.dtype)
+    patch_tokens = x.reshape(batch, num_frames, -1, self.width)
     if self.joint_space_time:
       x = self._add_time(x.reshape(batch, num_frames, -1, self.width))
     x = layers.constrain(x, layers.ACT_SEQUENCE)
@@ -87,7 +92,8 @@ class VisionTransformer(nn.Module):
         attention_impl=self.attention_impl))(x)
     if self.final_norm:
       x = layers.layer_norm(self.ln_eps, self.dtype, "final_norm")(x)
-    return x.reshape(batch, num_frames, -1, self.width)
+    x = x.reshape(batch, num_frames, -1, self.width)
+    return (x, patch_tokens) if self.with_patch_tokens else x
 
   def _add_time(self, x):
     """`[batch, frames, tokens, width]` + temporal embedding -> `[batch, frames * tokens, width]`."""
