@@ -26,12 +26,12 @@ class VisionTransformer(nn.Module):
   number of patches plus one if `class_token` (the class token comes first). With
   `with_patch_tokens` it returns `(tokens, patch_tokens)`, `patch_tokens` the same shape: the
   transformer's input (patch embedding + position embedding, before any block), i.e. purely local
-  features of each patch. By default frames are
-  folded into the batch, so every frame is encoded independently by the same weights. With
-  `joint_space_time` (VideoCoCa's joint encoder) all frames' tokens form one sequence and a learned
-  temporal embedding (zero-initialised, `num_frames` rows) is added, so at initialisation every
-  token starts from its per-frame spatial embedding. The position embedding is stored for
-  `image_size` and bilinearly resized when the input has another size.
+  features of each patch. By default frames are folded into the batch, so every frame is encoded
+  independently by the same weights. With `joint_space_time` (VideoCoCa's joint encoder) all
+  frames' tokens form one sequence and a learned temporal embedding (zero-initialised,
+  `num_frames` rows) is added, so at initialisation every token starts from its per-frame spatial
+  embedding. The position embedding is stored for `image_size` and bilinearly resized when the
+  input has another size.
   """
   image_size: int
   patch_size: int
@@ -82,7 +82,7 @@ class VisionTransformer(nn.Module):
     x = x + resize_posemb(posemb, self.grid, grid, num_prefix).astype(x.dtype)
     patch_tokens = x.reshape(batch, num_frames, -1, self.width)
     if self.joint_space_time:
-      x = self._add_time(x.reshape(batch, num_frames, -1, self.width))
+      x = self._add_time(patch_tokens)
     x = layers.constrain(x, layers.ACT_SEQUENCE)
     if self.pre_norm:
       x = layers.layer_norm(self.ln_eps, self.dtype, "pre_norm")(x)
