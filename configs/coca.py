@@ -30,8 +30,9 @@ def get_config(arg=None):
   config.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices.
 
   config.input = dict(source="random", batch_size=4096, num_frames=1, fixed=False, prefetch=2)
-  config.loss = dict(contrastive_weight=1.0, caption_weight=2.0, label_smoothing=0.0,
-                     vocab_chunk_len=16)
+  # verb_phrase_weight: the verb-phrase loss, used when the input yields `phrases`.
+  config.loss = dict(contrastive_weight=1.0, caption_weight=2.0, verb_phrase_weight=1.0,
+                     label_smoothing=0.0, vocab_chunk_len=16)
   config.optimizer = dict(
       name="adafactor", lr=8e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
       adafactor_decay_rate=0.8, grad_clip_norm=1.0, wd_exclude=WD_EXCLUDE, frozen=(),

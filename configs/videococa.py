@@ -1,7 +1,8 @@
 """VideoCoCa: an image CoCa adapted to video (arXiv 2212.04979).
 
   --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE]
-                                    [,negatives=False][,fresh_text][,patch_skip=False][,runlocal]
+                                    [,negatives=False][,phrases=False][,fresh_text][,patch_skip=False]
+                                    [,frame_diff=False][,runlocal]
 
 DATA    shapes     the embedded shapes_video clips (16 frames, 64x64; 8 sampled), zero-shot evals on
                    the held-out `test` compositions (motion classification, retrieval, captioning)
@@ -14,11 +15,16 @@ PATH    checkpoint to start from (an image CoCa workdir or a `videococa.convert`
         inflated as in `python -m videococa.convert inflate`
 SIZE    base (default) | large  (videocc3m only)
 negatives=False  shapes without the verb-swapped hard-negative captions (on by default)
+phrases=False    shapes without the verb-phrase loss (on by default): each clip also picks its
+                 caption's motion phrase ("slides left") among the same phrase for the 6 other
+                 motions (`losses.verb_phrase_loss`; README, "Results of the default run")
 fresh_text       shapes with the text tower (token embedding, encoder, projection) trained from
                  scratch instead of loaded from PATH (`config.init_dont_load`)
 patch_skip=False the poolers read the ViT's output tokens only; by default they also read its local
                  patch features through a zero-initialised projection (`model.video.patch_skip`,
                  `videococa.models.video.PatchSkip`; README, "Results of the default run")
+frame_diff=False the patch skip without the frame differences of the patch features (on by default;
+                 `model.video.frame_diff`)
 """
 import os
 
@@ -30,6 +36,9 @@ from videococa.data import shapes
 _IMAGE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "coca.py")
 NUM_FRAMES = 8
 SHAPES_VIDEO = dict(name="shapes_video/video", data_dir=None, dir=None)
+# Tokens of a tokenized motion phrase, [BOS, ..., EOS, PAD...]: the longest phrase takes 9 with the
+# shapes tokenizer (the tokenizer keeps EOS when it truncates).
+VERB_PHRASE_LEN = 12
 
 
 def _shapes(config, arg):
@@ -38,16 +47,22 @@ def _shapes(config, arg):
   # Verb-swapped hard negatives: each clip's caption rewritten for the 6 other motions (see
   # `shapes.motion_negatives`). Random batches rarely hold two clips that differ only in motion,
   # so without them the contrastive embedding can match captions on appearance alone.
-  negatives, kept = "", '"frames", "text"'
+  # The verb-phrase loss (Momeni et al. 2023) asks for the motion alone, in the caption's words.
+  texts, kept = "", '"frames", "text"'
   if arg.negatives:
-    negatives = (f'motion_negatives|tokenize({text_len + 1}, key="negative_captions", '
-                 'out="negatives")|')
+    texts += (f'motion_negatives|tokenize({text_len + 1}, key="negative_captions", '
+              'out="negatives")|')
     kept += ', "negatives"'
+  if arg.phrases:
+    texts += (f'motion_phrases|tokenize({VERB_PHRASE_LEN}, key="phrase_captions", '
+              'out="phrases")|')
+    kept += ', "phrases"'
   config.input.update(
       data=dict(SHAPES_VIDEO, split="train"), cache=True, batch_size=32,
       hard_negatives=len(shapes.MOTIONS) - 1 if arg.negatives else 0,
+      verb_phrases=len(shapes.MOTIONS) if arg.phrases else 0,
       pp=(f'sample_frames({NUM_FRAMES}, mode="random_segment")|decode_video|resize(64)|choose_caption|'
-          f'tokenize({text_len + 1})|{negatives}keep({kept})'))
+          f'tokenize({text_len + 1})|{texts}keep({kept})'))
   eval_pp = (f'sample_frames({NUM_FRAMES})|decode_video|resize(64)|'
              'keep("frames", "captions", "label", "id")')
   test = dict(SHAPES_VIDEO, split="test")
@@ -98,8 +113,8 @@ def _videocc3m(config, arg):
 
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="shapes", video="attentional_pooler", mode="lit",
-                               init="", model="base", negatives=True, fresh_text=False,
-                               patch_skip=True, runlocal=False)
+                               init="", model="base", negatives=True, phrases=True,
+                               fresh_text=False, patch_skip=True, frame_diff=True, runlocal=False)
   config = config_utils.load_config(f"{_IMAGE_CONFIG}:shapes_image" +
                                     (",runlocal" if arg.runlocal else ""))
   config.training_mode = arg.mode
@@ -117,7 +132,7 @@ def get_config(arg=None):
   else:
     raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use shapes or videocc3m.")
   config.model.video = dict(variant=arg.video, num_frames=NUM_FRAMES, temporal_depth=2,
-                            patch_skip=arg.patch_skip,
+                            patch_skip=arg.patch_skip, frame_diff=arg.patch_skip and arg.frame_diff,
                             temporal_embedding="sincos" if arg.video == "attentional_pooler" else False)
   if arg.mode == "frozen_ft":
     config.frozen_ft_boundary = config.total_steps // 4

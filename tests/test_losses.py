@@ -45,6 +45,24 @@ def test_contrastive_loss_with_hard_negatives_matches_numpy():
   assert loss > plain  # Extra candidates only make the image->text task harder.
 
 
+def test_verb_phrase_loss_matches_numpy():
+  rng = np.random.default_rng(2)
+  img, phrases = _normalise(rng.normal(size=(5, 4))), _normalise(rng.normal(size=(5, 7, 4)))
+  scale = 1 / 0.05
+  logits = scale * np.einsum("id,ikd->ik", img, phrases)
+  loss, metrics = losses.verb_phrase_loss(jnp.asarray(img), jnp.asarray(phrases), jnp.asarray(scale))
+  np.testing.assert_allclose(loss, -_log_softmax(logits, 1)[:, 0].mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["verb_phrase_accuracy"], (logits.argmax(1) == 0).mean())
+  # In coca_loss it is added with its weight to the contrastive loss.
+  txt = _normalise(rng.normal(size=(5, 4)))
+  outputs = dict(image_emb=jnp.asarray(img), text_emb=jnp.asarray(txt),
+                 logit_scale=jnp.asarray(scale))
+  base, _ = losses.coca_loss(outputs, None, None, None)
+  total, _ = losses.coca_loss(dict(outputs, phrase_emb=jnp.asarray(phrases)), None, None, None,
+                              verb_phrase_weight=0.5)
+  np.testing.assert_allclose(total, base + 0.5 * loss, rtol=1e-5)
+
+
 def _caption_reference(logits, labels, weights, smoothing):
   logp = _log_softmax(logits, -1)
   vocab = logits.shape[-1]

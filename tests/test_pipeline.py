@@ -115,21 +115,28 @@ def test_train_batch_shapes_and_tokens(env):
   assert env["tok"].decode(text[:1])[0]
 
 
-def test_motion_negatives_batches(env):
+@pytest.mark.parametrize("op,texts,out,length,field,rewrite", [
+    ("motion_negatives", "negative_captions", "negatives", MAX_LEN + 1, "hard_negatives",
+     shapes.motion_negatives),
+    ("motion_phrases", "phrase_captions", "phrases", 9, "verb_phrases", shapes.motion_phrases),
+])
+def test_motion_text_batches(env, op, texts, out, length, field, rewrite):
+  """Per-clip rewrites of the chosen caption (hard negatives, verb phrases) are batched as
+  `[batch, K, length]` and match the shapes functions; the config declares K."""
   pp = VIDEO_PP.replace(
       'keep("frames", "text", "id")',
-      f'motion_negatives|tokenize({MAX_LEN + 1}, key="negative_captions", out="negatives")|'
-      'keep("frames", "text", "negatives", "caption", "label")')
-  k = len(shapes.MOTIONS) - 1
-  config = _config(env, pp=pp, hard_negatives=k)
+      f'{op}|tokenize({length}, key="{texts}", out="{out}")|'
+      f'keep("frames", "text", "{out}", "caption", "label")')
+  k = len(rewrite("moves up", "up"))
+  config = _config(env, pp=pp, **{field: k})
   batch = pipeline.train_dataset(config, B, 0, env["tok"], extra_keys=("caption", "label"))
   batch = next(batch.take(1).as_numpy_iterator())
-  assert batch["negatives"].shape == (B, k, MAX_LEN + 1) and batch["negatives"].dtype == np.int32
-  for caption, negatives, label in zip(batch["caption"], batch["negatives"], batch["label"]):
-    swapped = shapes.motion_negatives(caption.decode(), shapes.MOTIONS[label])
-    np.testing.assert_array_equal(negatives, env["tok"].encode(swapped, MAX_LEN + 1))
-  with pytest.raises(Exception, match="negatives"):  # hard_negatives set, pp without them.
-    pipeline.train_dataset(_config(env, hard_negatives=k), B, 0, env["tok"])
+  assert batch[out].shape == (B, k, length) and batch[out].dtype == np.int32
+  for caption, tokens, label in zip(batch["caption"], batch[out], batch["label"]):
+    expected = rewrite(caption.decode(), shapes.MOTIONS[label])
+    np.testing.assert_array_equal(tokens, env["tok"].encode(expected, length))
+  with pytest.raises(Exception, match=out):  # The config asks for them, the pp lacks them.
+    pipeline.train_dataset(_config(env, **{field: k}), B, 0, env["tok"])
 
 
 def test_same_seed_same_batches_other_seed_other_batches(env):

@@ -141,6 +141,23 @@ def test_motion_negatives_swap_only_the_motion():
     shapes.motion_negatives("a red ball slides left", "up")
 
 
+def test_motion_phrases_are_the_captions_phrase_then_the_swaps():
+  rng = np.random.default_rng(9)
+  for spec in _specs("train", 50, seed=9):
+    for cap in shapes.video_captions(spec, rng):
+      phrases = shapes.motion_phrases(cap, spec.motion)
+      assert phrases[0] in cap, (cap, phrases)
+      others = [m for m in shapes.MOTIONS if m != spec.motion]
+      assert [shapes.mentioned_motions(p) for p in phrases] == [{spec.motion}] + [{m} for m in others]
+      # Each swap is the phrase that the hard negative of the same motion puts in the caption.
+      for phrase, negative in zip(phrases[1:], shapes.motion_negatives(cap, spec.motion)):
+        assert negative == cap.replace(phrases[0], phrase, 1), (cap, negative)
+  assert shapes.motion_phrases("a red ball slides left", "left")[:3] == [
+      "slides left", "slides right", "rises"]  # Same synonym slot and verb form.
+  with pytest.raises(ValueError, match="no phrase of motion 'up'"):
+    shapes.motion_phrases("a red ball slides left", "up")
+
+
 def test_static_image_view():
   rng = np.random.default_rng(8)
   for _ in range(150):

@@ -100,3 +100,32 @@ def test_hard_negatives_enter_the_contrastive_loss():
                                         np.repeat(np.asarray(out["text_emb"])[:, None], k, axis=1))
   np.testing.assert_allclose(metrics["contrastive_loss"], expected, rtol=1e-5)
   assert metrics["contrastive_loss"] > plain["contrastive_loss"]
+
+
+def test_verb_phrases_enter_the_loss():
+  """Each clip's `phrases` [batch, K, len] (len shorter than captions) are encoded like captions
+  and scored against its clip embedding: the loss gains `verb_phrase_weight` times the closed form
+  on the same embeddings."""
+  from videococa import losses  # pylint: disable=g-import-not-at-top
+  config = _tiny()
+  config.loss.verb_phrase_weight = 0.5
+  trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
+  params = trainer.init_state().params
+  rng = np.random.default_rng(1)
+  batch_size, k, length, size = 4, 3, 5, config.model.vision.image_size
+  text = rng.integers(4, config.model.vocab_size, (batch_size, config.model.max_len + 1))
+  phrases = rng.integers(4, config.model.vocab_size, (batch_size, k, length))
+  text[:, 0], text[:, -3:], phrases[..., 0], phrases[..., -1] = 2, 0, 2, 0  # BOS ... PAD.
+  batch = dict(frames=rng.uniform(-1, 1, (batch_size, 1, size, size, 3)).astype(np.float32),
+               text=text.astype(np.int32))
+  plain, _ = trainer.loss_fn(params, batch)
+  total, metrics = trainer.loss_fn(params, dict(batch, phrases=phrases.astype(np.int32)))
+  frames, _ = trainer_lib.model_inputs(batch)
+  image_emb, _ = trainer.model.apply({"params": params}, frames, method="encode_visual")
+  phrase_emb, _ = trainer.model.apply({"params": params},
+                                      phrases[..., :-1].reshape(-1, length - 1).astype(np.int32),
+                                      method="encode_text")
+  scale = trainer.model.apply({"params": params}, method="temperature_scale")
+  expected, _ = losses.verb_phrase_loss(image_emb, phrase_emb.reshape(batch_size, k, -1), scale)
+  np.testing.assert_allclose(metrics["verb_phrase_loss"], expected, rtol=1e-5)
+  np.testing.assert_allclose(total, plain + 0.5 * expected, rtol=1e-5)

@@ -46,6 +46,7 @@ def _with_shared(video_params, image_params):
     ("attentional_pooler", {}), ("attentional_pooler", {"temporal_embedding": True}),
     ("attentional_pooler", {"temporal_embedding": "sincos"}),
     ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True}),
+    ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True, "frame_diff": True}),
     ("factorized", {}), ("factorized", {"patch_skip": True}), ("joint_space_time", {}),
     ("mean_pool", {})])
 def test_one_frame_clip_gives_exactly_the_image_model(image_model, variant, extra):
@@ -79,10 +80,12 @@ def test_sincos_temporal_embedding_init():
     video.temporal_init("cosine")
 
 
-def test_patch_skip_adds_projected_local_patch_features(image_model):
-  """`patch_skip` feeds the poolers ViT(frames) + proj(LN(patch embedding + position embedding))."""
+@pytest.mark.parametrize("frame_diff", [False, True])
+def test_patch_skip_adds_projected_local_patch_features(image_model, frame_diff):
+  """`patch_skip` feeds the poolers ViT(frames) + proj(LN(patch embedding + position embedding)),
+  with `frame_diff` + diff_proj(LN(its change to the next frame, zero for the last))."""
   model_img, params_img = image_model
-  model = coca.Model(**_video_config("attentional_pooler", patch_skip=True))
+  model = coca.Model(**_video_config("attentional_pooler", patch_skip=True, frame_diff=frame_diff))
   frames, tokens = _data(NUM_FRAMES)
   params = model.init(jax.random.key(1), frames, tokens)["params"]
   params = _with_shared(jax.tree.map(lambda x: getattr(x, "value", x), params,
@@ -96,8 +99,13 @@ def test_patch_skip_adds_projected_local_patch_features(image_model):
                                       "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   local = (conv + visual["patch_embed"]["bias"]).reshape(*frames.shape[:2], -1, kernel.shape[0])
   local = local + visual["pos_embedding"]
-  mean, var = local.mean(-1, keepdims=True), local.var(-1, keepdims=True)
-  expected_skip = (local - mean) / np.sqrt(var + 1e-6) @ kernel
+  norm = lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)  # noqa
+  expected_skip = norm(local) @ kernel
+  if frame_diff:
+    diff_kernel = jax.random.normal(jax.random.key(3), kernel.shape)
+    params["patch_skip"]["diff_proj"]["kernel"] = diff_kernel
+    diff = np.concatenate([local[:, 1:] - local[:, :-1], np.zeros_like(local[:, :1])], axis=1)
+    expected_skip = expected_skip + norm(diff) @ diff_kernel
   vit_tokens = model_img.apply({"params": params_img}, frames, method=lambda m, f: m.visual(f))
 
   def pooler_input(m, f):

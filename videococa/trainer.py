@@ -162,22 +162,28 @@ class Trainer:
 
   def loss_fn(self, params, batch):
     """Total CoCa loss and metrics for a batch (`frames`, `text` `[batch, max_len + 1]`, optional
-    `negatives` `[batch, K, max_len + 1]`: hard-negative texts of each example)."""
+    `negatives` `[batch, K, max_len + 1]`: hard-negative texts of each example, optional `phrases`
+    `[batch, K', len]`: verb phrases of each example, its caption's first)."""
     cfg = self.config.loss
     # Frozen sub-trees: no gradient is computed for them at all.
     params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen)
     frames, text_in = model_inputs(batch)
     outputs = self.model.apply({"params": params}, frames, text_in)
-    if "negatives" in batch:  # [batch, K, max_len + 1] hard-negative texts.
-      negatives = batch["negatives"][..., :-1]
-      flat = negatives.reshape(-1, negatives.shape[-1])
-      emb, _ = self.model.apply({"params": params}, flat, method="encode_text")
-      outputs["negative_emb"] = emb.reshape(*negatives.shape[:2], -1)
+    # Extra texts per example (the last token is only a target, as in `text`): hard-negative
+    # captions `negatives` [batch, K, max_len + 1], verb phrases `phrases` [batch, K', len].
+    for key, out in (("negatives", "negative_emb"), ("phrases", "phrase_emb")):
+      if key in batch:
+        texts = batch[key][..., :-1]
+        emb, _ = self.model.apply({"params": params}, texts.reshape(-1, texts.shape[-1]),
+                                  method="encode_text")
+        outputs[out] = emb.reshape(*texts.shape[:2], -1)
     labels = batch["text"][:, 1:]
     logits_fn = lambda h: self.model.apply({"params": params}, h, method="logits")  # noqa: E731
     return losses.coca_loss(outputs, labels, labels != self.config.model.text.pad_id, logits_fn,
                             contrastive_weight=cfg.contrastive_weight,
-                            caption_weight=cfg.caption_weight, chunk_len=cfg.vocab_chunk_len,
+                            caption_weight=cfg.caption_weight,
+                            verb_phrase_weight=cfg.verb_phrase_weight,
+                            chunk_len=cfg.vocab_chunk_len,
                             label_smoothing=cfg.label_smoothing)
 
   def _train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:

@@ -38,6 +38,7 @@ Config (`config.input`; optional fields default to `DEFAULTS`):
   mixture = {}  # Or {key: dict(name=/dir=, split=, weight=, pp=)}: replaces data / pp.
   tokenizer = '{workdir}/tokenizer.model'; tokenizer_vocab_size = 0
   hard_negatives = 0  # K > 0: the pp also yields 'negatives' int32 [K, max_len + 1].
+  verb_phrases = 0  # K > 0: the pp also yields 'phrases' int32 [K, len], any len <= max_len + 1.
   shuffle_buffer, cache, prefetch, num_parallel_calls
 
 Token layout: the pp string's `tokenize(L)` must produce L = config.model.max_len + 1 tokens
@@ -83,6 +84,7 @@ DEFAULTS = dict(
     tokenizer=None,  # Path of the SentencePiece .model; '{workdir}' is replaced.
     tokenizer_vocab_size=0,  # > 0: train a tokenizer of this size if `tokenizer` is missing.
     hard_negatives=0,  # Hard-negative texts per example the pp yields as 'negatives'.
+    verb_phrases=0,  # Verb phrases per example (the positive first) the pp yields as 'phrases'.
 )
 DATA_KEYS = ("name", "dir", "split", "data_dir", "config_overrides")
 MEMBER_KEYS = DATA_KEYS + ("weight", "pp")
@@ -247,7 +249,9 @@ def _check_output(spec: Mapping[str, tf.TensorSpec], expected: Mapping[str, tupl
   """Checks that the pp output has `frames` / `text` of the shapes the model is built for."""
   for key, (shape, dtype) in expected.items():
     got = spec.get(key)
-    if got is None or got.shape.as_list() != list(shape) or got.dtype != dtype:
+    matches = got is not None and got.shape.rank == len(shape) and all(
+        want is None or have == want for have, want in zip(got.shape.as_list(), shape))
+    if not matches or got.dtype != dtype:
       got_str = "nothing" if got is None else f"{got.shape.as_list()} {got.dtype.name}"
       raise UserError(
           f"{where} gives {key!r}: {got_str}, but the model needs {list(shape)} {dtype.name}. "
@@ -255,7 +259,7 @@ def _check_output(spec: Mapping[str, tf.TensorSpec], expected: Mapping[str, tupl
           "config.input.num_frames) and random_resized_crop(S) or resize(S) (S = "
           "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); negatives "
           "(config.input.hard_negatives > 0): K texts tokenized to [K, config.model.max_len + 1]; "
-          "and keep them with keep('frames', 'text', ...).")
+          "phrases (config.input.verb_phrases > 0): K texts tokenized to [K, len]; and keep them with keep('frames', 'text', ...).")
 
 
 def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_step: int,
@@ -264,7 +268,8 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_ste
 
   Returns a dataset of {'frames': uint8 [local_batch, T, S, S, 3],
   'text': int32 [local_batch, config.model.max_len + 1]}, with `config.input.hard_negatives` = K
-  > 0 also 'negatives': int32 [local_batch, K, max_len + 1], plus `extra_keys` (e.g. 'id', for
+  > 0 also 'negatives': int32 [local_batch, K, max_len + 1], with `config.input.verb_phrases` = K
+  > 0 also 'phrases': int32 [local_batch, K, len], plus `extra_keys` (e.g. 'id', for
   inspection; the pp must keep them).
   """
   shuffle_buffer = _input_field(config, "shuffle_buffer")
@@ -277,6 +282,9 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_ste
   num_negatives = _input_field(config, "hard_negatives")
   if num_negatives:
     expected["negatives"] = ((num_negatives, config.model.max_len + 1), tf.int32)
+  num_phrases = _input_field(config, "verb_phrases")
+  if num_phrases:
+    expected["phrases"] = ((num_phrases, None), tf.int32)
   start = start_step * local_batch
   weights = [float(m["weight"]) for m in members.values()]
   mix_seed = _seed_pair(config.seed, jax.process_index(), _MIXTURE)

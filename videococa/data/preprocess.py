@@ -19,6 +19,8 @@ Keys:
   captions string `[N]` reference captions; caption: string `[]`; text: int32 `[..., max_len]`.
   negative_captions, negatives  string `[K]` / int32 `[K, max_len]` hard-negative texts of the
            chosen caption (`motion_negatives`), read by the contrastive loss.
+  phrase_captions, phrases  string `[K]` / int32 `[K, len]` verb phrases, the chosen caption's
+           first (`motion_phrases`), read by the verb-phrase loss.
   _seed    int64 `[2]` per-example stateless seed, added by the pipeline (`SEED_KEY`).
 
 Frames stay uint8 throughout: the trainer normalises on device (`trainer.model_inputs`), which
@@ -356,22 +358,38 @@ def get_choose_caption(key: str = "captions", out: str = "caption") -> Op:
   return fn
 
 
+def _motion_text_op(rewrite, size: int, key: str, label: str, out: str) -> Op:
+  """Op: `out` string `[size]` = `rewrite(caption, motion name)` of the caption `key` (string `[]`)
+  of a clip whose motion index is `label`."""
+
+  def apply(caption, motion):
+    texts = rewrite(caption.decode("utf-8"), shapes.MOTIONS[int(motion)])
+    return np.array([t.encode("utf-8") for t in texts], dtype=object)
+
+  def fn(example):
+    texts = tf.numpy_function(apply, [example[key], example[label]], tf.string, stateful=False)
+    texts.set_shape([size])
+    example[out] = texts
+    return example
+  return fn
+
+
 @register("motion_negatives")
 def get_motion_negatives(key: str = "caption", label: str = "label",
                          out: str = "negative_captions") -> Op:
   """shapes_video: the caption `key` (string `[]`) of a clip whose motion index is `label`,
   rewritten for each of the other motions -> `out` string `[len(MOTIONS) - 1]` (verb-swapped hard
   negatives, `shapes.motion_negatives`)."""
-  def swap(caption, motion):
-    negatives = shapes.motion_negatives(caption.decode("utf-8"), shapes.MOTIONS[int(motion)])
-    return np.array([n.encode("utf-8") for n in negatives], dtype=object)
+  return _motion_text_op(shapes.motion_negatives, len(shapes.MOTIONS) - 1, key, label, out)
 
-  def fn(example):
-    negatives = tf.numpy_function(swap, [example[key], example[label]], tf.string, stateful=False)
-    negatives.set_shape([len(shapes.MOTIONS) - 1])
-    example[out] = negatives
-    return example
-  return fn
+
+@register("motion_phrases")
+def get_motion_phrases(key: str = "caption", label: str = "label",
+                       out: str = "phrase_captions") -> Op:
+  """shapes_video: the motion phrase of the caption `key` alone, then the same phrase for each
+  other motion -> `out` string `[len(MOTIONS)]` (verb-phrase targets, `shapes.motion_phrases`;
+  the first is the positive)."""
+  return _motion_text_op(shapes.motion_phrases, len(shapes.MOTIONS), key, label, out)
 
 
 @register("tokenize", needs_tokenizer=True)

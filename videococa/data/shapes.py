@@ -429,11 +429,8 @@ def mentioned_motions(caption: str) -> set[str]:
           if any(re.search(rf"\b{re.escape(p)}\b", caption) for f in forms for p in f)}
 
 
-def motion_negatives(caption: str, motion: str) -> list[str]:
-  """`caption` of a `motion` clip rewritten for each other motion (in `MOTIONS` order): its motion
-  phrase replaced by the same synonym slot and verb form of the other motion, e.g. 'a red ball
-  slides left' -> ['a red ball slides right', 'a red ball slides up', ...]. Verb-swapped hard
-  negatives for contrastive training (as in Momeni et al. 2023, "Verbs in Action").
+def _find_motion_phrase(caption: str, motion: str) -> tuple[re.Match, int, int]:
+  """(match, synonym slot, verb form) of the longest phrase of `motion` in `caption`.
 
   Raises ValueError if `caption` has no phrase of `motion`.
   """
@@ -442,6 +439,31 @@ def motion_negatives(caption: str, motion: str) -> list[str]:
   for _, phrase, slot, form in sorted(phrases, reverse=True):  # Longest phrase first.
     match = re.search(rf"\b{re.escape(phrase)}\b", caption)
     if match:
-      return [caption[:match.start()] + MOTION_WORDS[other][slot][form] + caption[match.end():]
-              for other in MOTIONS if other != motion]
+      return match, slot, form
   raise ValueError(f"Caption {caption!r} has no phrase of motion {motion!r}.")
+
+
+def motion_negatives(caption: str, motion: str) -> list[str]:
+  """`caption` of a `motion` clip rewritten for each other motion (in `MOTIONS` order): its motion
+  phrase replaced by the same synonym slot and verb form of the other motion, e.g. 'a red ball
+  slides left' -> ['a red ball slides right', 'a red ball slides up', ...]. Verb-swapped hard
+  negatives for contrastive training (as in Momeni et al. 2023, "Verbs in Action").
+
+  Raises ValueError if `caption` has no phrase of `motion`.
+  """
+  match, slot, form = _find_motion_phrase(caption, motion)
+  return [caption[:match.start()] + MOTION_WORDS[other][slot][form] + caption[match.end():]
+          for other in MOTIONS if other != motion]
+
+
+def motion_phrases(caption: str, motion: str) -> list[str]:
+  """The motion phrase of `caption` (a `motion` clip's caption) alone, then the same synonym slot
+  and verb form of each other motion (in `MOTIONS` order), e.g. 'a red ball slides left' ->
+  ['slides left', 'slides right', 'slides up', ...]: the verb-phrase targets of Momeni et al.
+  2023 ("Verbs in Action"), where the clip must pick its caption's verb phrase among these.
+
+  Raises ValueError if `caption` has no phrase of `motion`.
+  """
+  _, slot, form = _find_motion_phrase(caption, motion)
+  return [MOTION_WORDS[motion][slot][form]] + [MOTION_WORDS[other][slot][form]
+                                               for other in MOTIONS if other != motion]

@@ -64,8 +64,12 @@ class Model(nn.Module):
         **self.vision, **towers, num_frames=video["num_frames"],
         joint_space_time=video["variant"] == "joint_space_time",
         with_patch_tokens=bool(video["patch_skip"]))
+    if video["frame_diff"] and not video["patch_skip"]:
+      raise ValueError("model.video.frame_diff=True needs model.video.patch_skip=True (the frame "
+                       "differences go through the patch skip).")
     if video["patch_skip"]:
-      self.patch_skip = video_lib.PatchSkip(ln_eps=self.ln_eps, dtype=dtype)
+      self.patch_skip = video_lib.PatchSkip(frame_diff=bool(video["frame_diff"]),
+                                            ln_eps=self.ln_eps, dtype=dtype)
     if video["variant"] == "attentional_pooler" and video["temporal_embedding"]:
       self.frame_embedding = self.param(
           "temporal_embedding",

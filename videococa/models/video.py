@@ -15,7 +15,8 @@ Variants (`config.model.video.variant`), all on frames `[batch, frames, H, W, 3]
 * `mean_pool`: poolers run per frame and their outputs are averaged over time (baseline).
 With `patch_skip` (any variant) the poolers read the ViT's output plus `PatchSkip` of its input
 tokens: a zero-initialised projection of the purely local patch features, so at initialisation the
-model is still exactly the inflated image model.
+model is still exactly the inflated image model; with `frame_diff` also of their differences
+between consecutive frames (TSN's RGB-difference modality, through the patch embedding).
 A single image is a one-frame clip and gets exactly the image model's output in every variant.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from videococa.models import layers
 
 VARIANTS = ("attentional_pooler", "factorized", "joint_space_time", "mean_pool")
 DEFAULTS = dict(variant="attentional_pooler", num_frames=8, temporal_embedding=False,
-                temporal_depth=4, patch_skip=False)
+                temporal_depth=4, patch_skip=False, frame_diff=False)
 TEMPORAL_EMBEDDINGS = (False, True, "sincos")
 
 
@@ -88,21 +89,37 @@ class TemporalEncoder(nn.Module):
 
 
 class PatchSkip(nn.Module):
-  """`[..., width] -> [..., width]`: LayerNorm then a zero-initialised linear map, applied to the
-  ViT's input tokens (patch + position embeddings) and added to its output tokens before pooling.
+  """`[batch, frames, tokens, width] -> [batch, frames, tokens, width]`: LayerNorm then a
+  zero-initialised linear map, applied to the ViT's input tokens (patch + position embeddings)
+  and added to its output tokens before pooling.
 
   The last ViT layer of a contrastively trained image model mixes every patch with the others
   (pooling wants global features); where an object is, and so how it moves, is far easier to
   read from the local patch features (README, "Results of the default run"). This is the
   simplest form of reading several ViT layers (as EVL does with a frozen CLIP). It sits outside
   `visual/`, so it trains in `lit` mode.
+
+  With `frame_diff`, a second LayerNorm and zero-initialised map read the input tokens' change
+  to the next frame, `x[t + 1] - x[t]` (zero for the last frame): the patch embedding of the
+  frame difference, as the patch embedding is linear. Which side of a patch gains or loses an
+  object's colour gives the direction of motion locally, so any pooler's average sees it (TSN's
+  RGB-difference input, Wang et al. 2016).
   """
+  frame_diff: bool = False
   ln_eps: float = 1e-6
   dtype: layers.Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, patch_tokens):
-    x = layers.layer_norm(self.ln_eps, self.dtype, "norm")(patch_tokens)
-    return nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name="proj",
+  def _project(self, x, name):
+    x = layers.layer_norm(self.ln_eps, self.dtype, f"{name}norm")(x)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name=f"{name}proj",
                     kernel_init=layers.logical(nn.initializers.zeros, ("embed", "mlp")),
                     bias_init=layers.logical(nn.initializers.zeros, ("mlp",)))(x)
+
+  @nn.compact
+  def __call__(self, patch_tokens):
+    out = self._project(patch_tokens, "")
+    if self.frame_diff:
+      diff = jnp.concatenate([patch_tokens[:, 1:] - patch_tokens[:, :-1],
+                              jnp.zeros_like(patch_tokens[:, :1])], axis=1)
+      out = out + self._project(diff, "diff_")
+    return out
