@@ -88,7 +88,8 @@ EXAMPLE_IMAGE_KEYS = ("frames", "frames_png")  # Key of an example's frame strip
 # Training curves: one subplot per (title, scalars), drawn when any of its scalars was logged.
 TRAIN_PANELS = (
     ("loss", ("loss", "contrastive_loss", "caption_loss")),
-    ("accuracy", ("contrastive_accuracy", "caption_accuracy")),
+    ("accuracy", ("contrastive_accuracy", "caption_accuracy", "hard_negative_accuracy",
+                  "verb_phrase_accuracy")),
     ("temperature", ("temperature",)),
     ("learning rate", ("learning_rate",)),
     ("gradient norm", ("grad_norm",)),
@@ -101,6 +102,8 @@ TRAIN_SUMMARY: tuple[tuple[str, str, Callable[[list[float]], float]], ...] = (
     ("final caption loss", "caption_loss", lambda v: v[-1]),
     ("final contrastive acc.", "contrastive_accuracy", lambda v: v[-1]),
     ("final caption acc.", "caption_accuracy", lambda v: v[-1]),
+    ("final hard-negative acc.", "hard_negative_accuracy", lambda v: v[-1]),
+    ("final verb-phrase acc.", "verb_phrase_accuracy", lambda v: v[-1]),
     ("final temperature", "temperature", lambda v: v[-1]),
     ("median samples/s", "samples_per_s", lambda v: float(np.median(v))),
     ("median step time (s)", "step_time_s", lambda v: float(np.median(v))),
