@@ -132,7 +132,8 @@ def get_config(arg=None):
   else:
     raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use shapes or videocc3m.")
   config.model.video = dict(variant=arg.video, num_frames=NUM_FRAMES, temporal_depth=2,
-                            patch_skip=arg.patch_skip, frame_diff=arg.patch_skip and arg.frame_diff,
+                            patch_skip=arg.patch_skip,
+                            frame_diff=arg.patch_skip and arg.frame_diff,
                             temporal_embedding="sincos" if arg.video == "attentional_pooler" else False)
   if arg.mode == "frozen_ft":
     config.frozen_ft_boundary = config.total_steps // 4

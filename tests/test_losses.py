@@ -50,7 +50,8 @@ def test_verb_phrase_loss_matches_numpy():
   img, phrases = _normalise(rng.normal(size=(5, 4))), _normalise(rng.normal(size=(5, 7, 4)))
   scale = 1 / 0.05
   logits = scale * np.einsum("id,ikd->ik", img, phrases)
-  loss, metrics = losses.verb_phrase_loss(jnp.asarray(img), jnp.asarray(phrases), jnp.asarray(scale))
+  loss, metrics = losses.verb_phrase_loss(jnp.asarray(img), jnp.asarray(phrases),
+                                          jnp.asarray(scale))
   np.testing.assert_allclose(loss, -_log_softmax(logits, 1)[:, 0].mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["verb_phrase_accuracy"], (logits.argmax(1) == 0).mean())
   # In coca_loss it is added with its weight to the contrastive loss.

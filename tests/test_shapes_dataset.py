@@ -148,7 +148,8 @@ def test_motion_phrases_are_the_captions_phrase_then_the_swaps():
       phrases = shapes.motion_phrases(cap, spec.motion)
       assert phrases[0] in cap, (cap, phrases)
       others = [m for m in shapes.MOTIONS if m != spec.motion]
-      assert [shapes.mentioned_motions(p) for p in phrases] == [{spec.motion}] + [{m} for m in others]
+      assert ([shapes.mentioned_motions(p) for p in phrases]
+              == [{spec.motion}] + [{m} for m in others])
       # Each swap is the phrase that the hard negative of the same motion puts in the caption.
       for phrase, negative in zip(phrases[1:], shapes.motion_negatives(cap, spec.motion)):
         assert negative == cap.replace(phrases[0], phrase, 1), (cap, negative)

@@ -105,8 +105,9 @@ def caption_loss(hidden: jax.Array, labels: jax.Array, weights: jax.Array,
 
 def coca_loss(outputs: dict[str, jax.Array], labels: jax.Array, weights: jax.Array,
               logits_fn: Callable[[jax.Array], jax.Array], *, contrastive_weight: float = 1.0,
-              caption_weight: float = 2.0, verb_phrase_weight: float = 1.0, chunk_len: int = 16,
-              label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+              caption_weight: float = 2.0, verb_phrase_weight: float = 1.0,
+              chunk_len: int = 16, label_smoothing: float = 0.0
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`contrastive_weight * contrastive + caption_weight * captioning` (CoCa: 1.0 and 2.0), plus
   `verb_phrase_weight * verb_phrase_loss` when `outputs` has `phrase_emb`.
 

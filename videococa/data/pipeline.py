@@ -259,7 +259,8 @@ def _check_output(spec: Mapping[str, tf.TensorSpec], expected: Mapping[str, tupl
           "config.input.num_frames) and random_resized_crop(S) or resize(S) (S = "
           "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); negatives "
           "(config.input.hard_negatives > 0): K texts tokenized to [K, config.model.max_len + 1]; "
-          "phrases (config.input.verb_phrases > 0): K texts tokenized to [K, len]; and keep them with keep('frames', 'text', ...).")
+          "phrases (config.input.verb_phrases > 0): K texts tokenized to [K, len]; and keep them "
+          "with keep('frames', 'text', ...).")
 
 
 def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_step: int,
