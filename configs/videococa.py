@@ -2,7 +2,7 @@
 
   --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE]
                                     [,negatives=False][,phrases=False][,fresh_text][,patch_skip=False]
-                                    [,frame_diff=False][,runlocal]
+                                    [,frame_diff=False][,flow=False][,runlocal]
 
 DATA    shapes     the embedded shapes_video clips (16 frames, 64x64; 8 sampled), zero-shot evals on
                    the held-out `test` compositions (motion classification, retrieval, captioning)
@@ -25,6 +25,9 @@ patch_skip=False the poolers read the ViT's output tokens only; by default they 
                  `videococa.models.video.PatchSkip`; README, "Results of the default run")
 frame_diff=False the patch skip without the frame differences of the patch features (on by default;
                  `model.video.frame_diff`)
+flow=False       the patch skip without each patch's normal flow to the next frame (on by default;
+                 `model.video.normal_flow`, `videococa.models.video.normal_flow`: a motion estimate
+                 that does not depend on colour)
 """
 import os
 
@@ -114,7 +117,8 @@ def _videocc3m(config, arg):
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="shapes", video="attentional_pooler", mode="lit",
                                init="", model="base", negatives=True, phrases=True,
-                               fresh_text=False, patch_skip=True, frame_diff=True, runlocal=False)
+                               fresh_text=False, patch_skip=True, frame_diff=True, flow=True,
+                               runlocal=False)
   config = config_utils.load_config(f"{_IMAGE_CONFIG}:shapes_image" +
                                     (",runlocal" if arg.runlocal else ""))
   config.training_mode = arg.mode
@@ -134,6 +138,7 @@ def get_config(arg=None):
   config.model.video = dict(variant=arg.video, num_frames=NUM_FRAMES, temporal_depth=2,
                             patch_skip=arg.patch_skip,
                             frame_diff=arg.patch_skip and arg.frame_diff,
+                            normal_flow=arg.patch_skip and arg.flow,
                             temporal_embedding="sincos" if arg.video == "attentional_pooler" else False)
   if arg.mode == "frozen_ft":
     config.frozen_ft_boundary = config.total_steps // 4

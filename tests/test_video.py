@@ -47,6 +47,8 @@ def _with_shared(video_params, image_params):
     ("attentional_pooler", {"temporal_embedding": "sincos"}),
     ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True}),
     ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True, "frame_diff": True}),
+    ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True, "frame_diff": True,
+                            "normal_flow": True}),
     ("factorized", {}), ("factorized", {"patch_skip": True}), ("joint_space_time", {}),
     ("mean_pool", {})])
 def test_one_frame_clip_gives_exactly_the_image_model(image_model, variant, extra):
@@ -80,12 +82,14 @@ def test_sincos_temporal_embedding_init():
     video.temporal_init("cosine")
 
 
-@pytest.mark.parametrize("frame_diff", [False, True])
-def test_patch_skip_adds_projected_local_patch_features(image_model, frame_diff):
+@pytest.mark.parametrize("frame_diff,normal_flow", [(False, False), (True, False), (True, True)])
+def test_patch_skip_adds_projected_local_patch_features(image_model, frame_diff, normal_flow):
   """`patch_skip` feeds the poolers ViT(frames) + proj(LN(patch embedding + position embedding)),
-  with `frame_diff` + diff_proj(LN(its change to the next frame, zero for the last))."""
+  with `frame_diff` + diff_proj(LN(its change to the next frame, zero for the last)), with
+  `normal_flow` + flow_proj(gelu(flow_hidden(normal flow)))."""
   model_img, params_img = image_model
-  model = coca.Model(**_video_config("attentional_pooler", patch_skip=True, frame_diff=frame_diff))
+  model = coca.Model(**_video_config("attentional_pooler", patch_skip=True, frame_diff=frame_diff,
+                                     normal_flow=normal_flow))
   frames, tokens = _data(NUM_FRAMES)
   params = model.init(jax.random.key(1), frames, tokens)["params"]
   params = _with_shared(jax.tree.map(lambda x: getattr(x, "value", x), params,
@@ -106,14 +110,70 @@ def test_patch_skip_adds_projected_local_patch_features(image_model, frame_diff)
     params["patch_skip"]["diff_proj"]["kernel"] = diff_kernel
     diff = np.concatenate([local[:, 1:] - local[:, :-1], np.zeros_like(local[:, :1])], axis=1)
     expected_skip = expected_skip + norm(diff) @ diff_kernel
+  if normal_flow:
+    flow_kernel = jax.random.normal(jax.random.key(4), kernel.shape)
+    params["patch_skip"]["flow_proj"]["kernel"] = flow_kernel
+    hidden = params["patch_skip"]["flow_hidden"]
+    flow = video.normal_flow(frames, patch)
+    expected_skip = expected_skip + jax.nn.gelu(flow @ hidden["kernel"] + hidden["bias"]) @ flow_kernel
   vit_tokens = model_img.apply({"params": params_img}, frames, method=lambda m, f: m.visual(f))
 
   def pooler_input(m, f):
     out, patch_tokens = m.visual(f)
-    return out + m.patch_skip(patch_tokens)
+    return out + m.patch_skip(patch_tokens, f)
 
   got = model.apply({"params": params}, frames, method=pooler_input)
   np.testing.assert_allclose(got, vit_tokens + expected_skip, rtol=1e-4, atol=1e-4)
+
+
+def test_normal_flow_of_a_translated_ramp_is_the_shift():
+  """A linear ramp I = a x + c y shifted by (dx, dy) per frame: per pixel -I_t grad I equals
+  (grad I grad I^T) (dx, dy) with grad I = (a, c), so away from the border a patch's flow is exactly
+  n (a, c) (a dx + c dy) / (n (a^2 + c^2) + eps) (n = pixels x channels); the last frame gets
+  zeros."""
+  a, c, dx, dy, eps, size, patch = 0.01, 0.02, 1.5, -2.0, 1e-2, 32, 8
+  ys, xs = np.mgrid[:size, :size].astype(np.float64)
+  frames = np.stack([a * (xs - t * dx) + c * (ys - t * dy) for t in range(3)])
+  frames = np.repeat(frames[None, :, :, :, None], 3, axis=-1)  # [1, 3, 32, 32, 3]
+  flow = np.asarray(video.normal_flow(jnp.asarray(frames, jnp.float32), patch, eps=eps))
+  assert flow.shape == (1, 3, (size // patch) ** 2, 2)
+  np.testing.assert_array_equal(flow[:, -1], 0.0)
+  n = patch * patch * 3
+  interior = np.array([5, 6, 9, 10])  # The 2x2 central patches of the 4x4 grid.
+  expected = np.array([a, c]) * (a * dx + c * dy) * n / ((a * a + c * c) * n + eps)
+  np.testing.assert_allclose(flow[0, :2][:, interior], np.broadcast_to(expected, (2, 4, 2)),
+                             rtol=1e-4)
+
+
+def test_normal_flow_is_blind_to_colour_and_contrast():
+  """Permuting the colour channels or inverting the clip (a dark object on a light background
+  instead of a light one on a dark background) leaves the normal flow unchanged."""
+  frames = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 4, 16, 16, 3)), jnp.float32)
+  flow = video.normal_flow(frames, 8)
+  np.testing.assert_allclose(video.normal_flow(frames[..., ::-1], 8), flow, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(video.normal_flow(-frames, 8), flow, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(flow[:, :-1])).max() > 0.1
+
+
+def test_normal_flow_gives_the_direction_of_rendered_shapes_of_any_colour():
+  """shapes_video clips of the held-out `test` compositions: the patch-mean normal flow points the
+  way the objects move, whatever their colour (exactly zero for still clips)."""
+  from videococa.data import shapes  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  expected = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))
+  seen = set()
+  for _ in range(60):
+    spec = shapes.sample_clip(rng, "test", num_frames=16, height=64, width=64)
+    frames = jnp.asarray(shapes.render(spec)[None, ::2], jnp.float32) / 127.5 - 1.0
+    mean = np.asarray(video.normal_flow(frames, 8)).mean(axis=(0, 1, 2))
+    if spec.motion == "still":
+      np.testing.assert_array_equal(mean, 0.0)
+    elif spec.motion in expected:
+      axis = int(expected[spec.motion][0] == 0)
+      assert np.sign(mean[axis]) == sum(expected[spec.motion]), (spec, mean)
+      assert abs(mean[axis]) > 5 * abs(mean[1 - axis]), (spec, mean)
+      seen.add(spec.objects[0].color)
+  assert len(seen) >= 4
 
 
 def test_joint_space_time_at_init_equals_per_frame_encoding(image_model):

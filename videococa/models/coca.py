@@ -64,11 +64,14 @@ class Model(nn.Module):
         **self.vision, **towers, num_frames=video["num_frames"],
         joint_space_time=video["variant"] == "joint_space_time",
         with_patch_tokens=bool(video["patch_skip"]))
-    if video["frame_diff"] and not video["patch_skip"]:
-      raise ValueError("model.video.frame_diff=True needs model.video.patch_skip=True (the frame "
-                       "differences go through the patch skip).")
+    for motion in ("frame_diff", "normal_flow"):
+      if video[motion] and not video["patch_skip"]:
+        raise ValueError(f"model.video.{motion}=True needs model.video.patch_skip=True (it goes "
+                         "through the patch skip).")
     if video["patch_skip"]:
       self.patch_skip = video_lib.PatchSkip(frame_diff=bool(video["frame_diff"]),
+                                            normal_flow=bool(video["normal_flow"]),
+                                            patch_size=self.vision["patch_size"],
                                             ln_eps=self.ln_eps, dtype=dtype)
     if video["variant"] == "attentional_pooler" and video["temporal_embedding"]:
       self.frame_embedding = self.param(
@@ -109,7 +112,7 @@ class Model(nn.Module):
     tokens = self.visual(frames)  # [batch, frames, tokens, width]
     if self.video_cfg["patch_skip"]:
       tokens, patch_tokens = tokens
-      tokens = tokens + self.patch_skip(patch_tokens)
+      tokens = tokens + self.patch_skip(patch_tokens, frames)
     batch, num_frames, num_tokens, width = tokens.shape
     variant = self.video_cfg["variant"]
     if variant in ("attentional_pooler", "joint_space_time"):
