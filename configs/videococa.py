@@ -2,7 +2,7 @@
 
   --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE]
                                     [,negatives=False][,phrases=False][,fresh_text][,patch_skip=False]
-                                    [,frame_diff=False][,flow=False][,runlocal]
+                                    [,frame_diff][,flow=False][,runlocal]
 
 DATA    shapes     the embedded shapes_video clips (16 frames, 64x64; 8 sampled), zero-shot evals on
                    the held-out `test` compositions (motion classification, retrieval, captioning)
@@ -23,8 +23,9 @@ fresh_text       shapes with the text tower (token embedding, encoder, projectio
 patch_skip=False the poolers read the ViT's output tokens only; by default they also read its local
                  patch features through a zero-initialised projection (`model.video.patch_skip`,
                  `videococa.models.video.PatchSkip`; README, "Results of the default run")
-frame_diff=False the patch skip without the frame differences of the patch features (on by default;
-                 `model.video.frame_diff`)
+frame_diff       the patch skip also reads the frame differences of the patch features (TSN's RGB
+                 difference; `model.video.frame_diff`): off by default, as the normal flow made it
+                 redundant (README, "Results of the default run")
 flow=False       the patch skip without each patch's normal flow to the next frame (on by default;
                  `model.video.normal_flow`, `videococa.models.video.normal_flow`: a motion estimate
                  that does not depend on colour)
@@ -117,7 +118,7 @@ def _videocc3m(config, arg):
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="shapes", video="attentional_pooler", mode="lit",
                                init="", model="base", negatives=True, phrases=True,
-                               fresh_text=False, patch_skip=True, frame_diff=True, flow=True,
+                               fresh_text=False, patch_skip=True, frame_diff=False, flow=True,
                                runlocal=False)
   config = config_utils.load_config(f"{_IMAGE_CONFIG}:shapes_image" +
                                     (",runlocal" if arg.runlocal else ""))

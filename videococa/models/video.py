@@ -43,17 +43,14 @@ def normal_flow(frames: jnp.ndarray, patch_size: int, eps: float = 1e-2) -> jnp.
   whose sum over a patch, divided by the patch's gradient energy `sum |grad I|^2`, estimates the
   flow along the patch's edges (the normal flow; Lucas-Kanade without the 2x2 solve, which the
   aperture problem makes singular on straight edges). `I_t` is the frame difference and `grad I`
-  the central-difference gradient of the two frames' mean. Both factors change sign with the
+  the gradient (central differences, one-sided at the border) of the two frames' mean. Both factors change sign with the
   contrast of an edge, so their product, summed over channels, does not depend on colour: a red and
   a blue object moving right give the same sign, which the RGB difference (`frame_diff`) does not
   (README, "Results of the default run"). `eps` keeps flat patches at zero.
   """
   f = frames.astype(jnp.float32)
   mean, change = 0.5 * (f[:, 1:] + f[:, :-1]), f[:, 1:] - f[:, :-1]  # [b, t - 1, H, W, c]
-  pad = lambda x, axis: jnp.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)],  # noqa: E731
-                                mode="edge")
-  grad_x = 0.5 * (pad(mean, 3)[:, :, :, 2:] - pad(mean, 3)[:, :, :, :-2])
-  grad_y = 0.5 * (pad(mean, 2)[:, :, 2:] - pad(mean, 2)[:, :, :-2])
+  grad_y, grad_x = jnp.gradient(mean, axis=(2, 3))
   per_pixel = jnp.stack([-(change * grad_x).sum(-1), -(change * grad_y).sum(-1),
                          (grad_x ** 2 + grad_y ** 2).sum(-1)], axis=-1)  # [b, t - 1, H, W, 3]
   b, t, height, width, _ = per_pixel.shape
