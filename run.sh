@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # videococa entry point.
 #
-#   ./run.sh            set up, then run the main job and print where its report is
-#   ./run.sh --quick    the main job at smoke-test size (a few minutes)
-#   ./run.sh test       set up (with test extras), then run the whole test suite
-#   ./run.sh setup      only create/refresh .venv from requirements*.txt (idempotent)
+#   ./run.sh              set up, then run the main job and print where its report is
+#   ./run.sh --quick      the main job at smoke-test size (a few minutes)
+#   ./run.sh study        the video-variant study of the shapes project
+#   ./run.sh test         set up (with test extras), then run the whole test suite
+#   ./run.sh test -m "not slow"   the fast tier
+#   ./run.sh setup [--test]       only create/refresh .venv from requirements*.txt (idempotent)
 #
-# Extra arguments after `test` go to pytest; after the main job to videococa.main.
+# Extra arguments after `test` go to pytest; otherwise to videococa.projects.shapes.main.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -44,7 +46,7 @@ setup() {
 case "${1:-}" in
   setup)
     setup
-    [[ "${2:-}" == "--test" ]] && install_requirements requirements-test.txt
+    if [[ "${2:-}" == "--test" ]]; then install_requirements requirements-test.txt; fi
     ;;
   test)
     shift
@@ -54,6 +56,6 @@ case "${1:-}" in
     ;;
   *)
     setup
-    exec "$PY" -m videococa.main "$@"
+    exec "$PY" -m videococa.projects.shapes.main "$@"
     ;;
 esac

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from videococa import config_utils, metric_writer, train
+from videococa import config_utils
+from videococa.train import loop as train, metric_writer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOTAL_STEPS, CHECKPOINT_EVERY = 12, 4
@@ -72,11 +73,20 @@ def assert_same_records(got: dict, want: dict, steps, rtol: float = 0.0, atol: f
                                    err_msg=f"step {step} {key}")
 
 
-def launch(args, env=None, log=None) -> subprocess.Popen:
-  """Starts `python -m videococa.train ARGS` from the repository root (stdout+stderr -> `log`)."""
+COMMIT_DELAY_HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "commit_delay")
+
+
+def launch(args, log=None, commit_delay_s: float = 0) -> subprocess.Popen:
+  """Starts `python -m videococa.train ARGS` from the repository root (stdout+stderr -> `log`).
+
+  With `commit_delay_s`, every checkpoint waits that long between writing its files and its
+  commit (`tests/commit_delay/sitecustomize.py`), so a test can kill it mid-write."""
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  if commit_delay_s:
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [COMMIT_DELAY_HOOK, env.get("PYTHONPATH")]))
+    env["VIDEOCOCA_TEST_CHECKPOINT_COMMIT_DELAY_S"] = str(commit_delay_s)
   return subprocess.Popen([sys.executable, "-m", "videococa.train", *map(str, args)], cwd=ROOT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                          stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                          env=env, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 def last_step(workdir) -> int:

@@ -1,4 +1,4 @@
-"""Tests of videococa.checkpoint on CPU with 8 fake devices (see conftest.py)."""
+"""Tests of videococa.train.checkpoint on CPU with 8 fake devices (see conftest.py)."""
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
@@ -7,7 +7,7 @@ import optax
 from orbax.checkpoint._src.path import atomicity
 import pytest
 
-from videococa.checkpoint import Checkpointer
+from videococa.train.checkpoint import Checkpointer
 
 
 def _mesh(shape):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from videococa import decoding, sharding
-from videococa.models import coca, presets
+from videococa.models import coca, decoding, presets
+from videococa.train import sharding
 
 BATCH = 8
 PAD, BOS, A, B = 0, 2, 4, 5  # A, B: token ids of the constructed Markov chain.

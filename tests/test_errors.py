@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import ft_helpers
-from videococa import checkpoint, errors, sharding, train, trainer as trainer_lib
+from videococa import cli, errors
 from videococa.data import ingest, tokenizer
+from videococa.train import checkpoint, loop as train, sharding, trainer as trainer_lib
 
 ROOT = ft_helpers.ROOT
 
@@ -46,8 +47,8 @@ def test_cli_unknown_config_key_lists_the_close_matches(tmp_path):
 
 def test_cli_batch_not_divisible_by_the_data_parallel_size(tmp_path):
   result = _train_cli(*ft_helpers.cli_args(tmp_path, **{"input.batch_size": 12}))
-  _assert_one_line_error(result, "config.input.batch_size=12 is not divisible by the "
-                         "data-parallel size 8", "use a multiple of 8")
+  _assert_one_line_error(result, "config.input.batch_size=12 is not a positive multiple of "
+                         "the data-parallel size 8", "use a multiple of 8")
 
 
 def test_cli_checkpoint_of_another_model_names_the_parameter_and_shapes(tmp_path):
@@ -68,7 +69,7 @@ def test_error_wrapper_exits_2_with_one_line_and_keeps_tracebacks_of_bugs(capsys
     raise errors.MissingPathError("No tokenizer at /x.model;\n  give another path.")
 
   with pytest.raises(SystemExit) as e:
-    errors.main_wrapper(user_mistake)(["prog"])
+    cli.main_wrapper(user_mistake)(["prog"])
   assert e.value.code == 2
   assert capsys.readouterr().err == "error: No tokenizer at /x.model; give another path.\n"
 
@@ -76,7 +77,7 @@ def test_error_wrapper_exits_2_with_one_line_and_keeps_tracebacks_of_bugs(capsys
     raise ZeroDivisionError("a bug")
 
   with pytest.raises(ZeroDivisionError):  # Not a user error: absl prints its traceback.
-    errors.main_wrapper(bug)(["prog"])
+    cli.main_wrapper(bug)(["prog"])
   assert issubclass(errors.MissingPathError, FileNotFoundError)
   assert issubclass(errors.UserError, ValueError)
   assert issubclass(train.NonFiniteError, errors.UserError)
@@ -84,14 +85,14 @@ def test_error_wrapper_exits_2_with_one_line_and_keeps_tracebacks_of_bugs(capsys
 
 def test_unknown_config_key_message():
   config = ft_helpers.config()
-  keys = errors.config_keys(config)
+  keys = cli.config_keys(config)
   assert "model.vision.width" in keys and "optimizer.lr" in keys
-  assert errors.close_matches("optimizer.lr_", keys)[0] == "optimizer.lr"
-  assert errors.unknown_config_key_message(config, ["--config.total_steps=3"]) is None
-  assert errors.unknown_config_key_message(config, ["--config.modle.width=3"]) == (
+  assert cli.close_matches("optimizer.lr_", keys)[0] == "optimizer.lr"
+  assert cli.unknown_config_key_message(config, ["--config.total_steps=3"]) is None
+  assert cli.unknown_config_key_message(config, ["--config.modle.width=3"]) == (
       "unknown config key 'modle' in --config.modle.width; close matches: model, "
       "model.pooler.mode")
-  message = errors.unknown_config_key_message(config, ["--config.zzz=1"])
+  message = cli.unknown_config_key_message(config, ["--config.zzz=1"])
   assert message.startswith("unknown config key 'zzz' in --config.zzz; the top-level keys are: ")
 
 
@@ -108,8 +109,8 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
   with pytest.raises(errors.UserError, match=r"config.input.num_frames=8 exceeds "
                      r"config.model.video.num_frames=4"):
     trainer_lib.check_config(video)
-  with pytest.raises(errors.UserError, match=r"config.input.batch_size=12 is not divisible by the "
-                     r"data-parallel size 8"):
+  with pytest.raises(errors.UserError, match=r"config.input.batch_size=12 is not a positive multiple of "
+                     r"the data-parallel size 8"):
     train.train(ft_helpers.config(**{"input.batch_size": 12}), str(tmp_path))
   with pytest.raises(errors.UserError, match=r"needs 16 devices but 8 are available"):
     sharding.make_mesh(dict(data=16))

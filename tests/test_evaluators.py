@@ -1,4 +1,4 @@
-"""Tests of the zero-shot evaluators: `videococa.evaluate` end to end on a tiny checkpoint,
+"""Tests of the zero-shot evaluators: `videococa.tools.evaluate` end to end on a tiny checkpoint,
 prompt-template averaging, multi-caption retrieval, and the same metrics on 8 devices as on 1."""
 import json
 import os
@@ -13,11 +13,13 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from videococa import (checkpoint, config_utils, evaluate, evaluators,  # noqa: E402
-                       metric_writer, sharding)
-from videococa.data import datasets, pipeline, shapes, tokenizer  # noqa: E402
+from videococa import config_utils, evaluators  # noqa: E402
+from videococa.data import datasets, pipeline, tokenizer  # noqa: E402
 from videococa.evaluators import metrics  # noqa: E402
 from videococa.models import coca  # noqa: E402
+from videococa.projects.shapes import scenes as shapes  # noqa: E402
+from videococa.tools import evaluate  # noqa: E402
+from videococa.train import checkpoint, metric_writer, sharding  # noqa: E402
 
 SIZES = {"num_train": 32, "num_validation": 8, "num_test": 10}
 T, S = 4, 64  # Frames per clip, image size.
@@ -168,7 +170,7 @@ def test_due_and_config_errors(env):
   base = dict(type="retrieval", batch_size=4, data=env["data"], pp=PP)
   cases = [
       (dict(base, type="detection"), r"config.evals.x.type='detection'"),
-      (dict(base, batch_size=3), r"config.evals.x.batch_size=3 must be a positive multiple of 2"),
+      (dict(base, batch_size=3), r"config.evals.x.batch_size=3 is not a positive multiple of the data-parallel size 2"),
       (dict(base, templates=["{}"]), r"config.evals.x has unknown fields \['templates'\]"),
       (dict(base, pp=PP.replace('keep(', 'choose_caption|tokenize(25)|keep("text", ')),
        r"config.evals.x.pp=.* tokenizes"),

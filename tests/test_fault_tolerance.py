@@ -1,4 +1,4 @@
-"""Fault tolerance of training (README "Fault tolerance"): kill -9 and exact resume, a kill in the
+"""Fault tolerance of training (docs/fault_tolerance.md): kill -9 and exact resume, a kill in the
 middle of a checkpoint write, SIGTERM, non-finite steps, resharding restore.
 
 The runs use `ft_helpers`' config (tiny CoCa, random data, 8 CPU devices, 12 steps, a checkpoint
@@ -17,7 +17,8 @@ import pytest
 
 import ft_helpers
 from ft_helpers import TOTAL_STEPS
-from videococa import checkpoint, inputs, sharding, train, trainer as trainer_lib
+from videococa.data import inputs
+from videococa.train import checkpoint, loop as train, sharding, trainer as trainer_lib
 
 ALL_STEPS = range(1, TOTAL_STEPS + 1)
 TIMEOUT_S = 600  # Per subprocess run: generous for loaded CI machines.
@@ -52,7 +53,7 @@ def test_kill9_at_random_moments_then_resume_is_bit_exact(reference_run, tmp_pat
 
   # 2. Restart; kill -9 while a checkpoint is being written (the test hook holds the commit).
   with _log(tmp_path, "run2") as log:
-    proc = ft_helpers.launch(args, env={checkpoint.COMMIT_DELAY_ENV: "120"}, log=log)
+    proc = ft_helpers.launch(args, log=log, commit_delay_s=120)
     log2 = tmp_path / "run2.log"
     ft_helpers.wait_for(lambda: "sleeping before committing" in ft_helpers.tail(log2, 100_000),
                         proc, TIMEOUT_S, "a checkpoint write", log2)

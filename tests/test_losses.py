@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videococa import losses
+from videococa.errors import UserError
+from videococa.projects.shapes import losses as shapes_losses
+from videococa.train import losses
 
 
 def _log_softmax(x, axis):
@@ -50,23 +52,24 @@ def test_verb_phrase_loss_matches_numpy():
   img, phrases = _normalise(rng.normal(size=(5, 4))), _normalise(rng.normal(size=(5, 7, 4)))
   scale = 1 / 0.05
   logits = scale * np.einsum("id,ikd->ik", img, phrases)
-  loss, metrics = losses.verb_phrase_loss(jnp.asarray(img), jnp.asarray(phrases),
-                                          jnp.asarray(scale))
+  loss, metrics = shapes_losses.verb_phrase_loss(jnp.asarray(img), jnp.asarray(phrases),
+                                                 jnp.asarray(scale))
   np.testing.assert_allclose(loss, -_log_softmax(logits, 1)[:, 0].mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["verb_phrase_accuracy"], (logits.argmax(1) == 0).mean())
-  # In coca_loss it is added with its weight to the contrastive loss.
+  # As the registered term `verb_phrase`, coca_loss adds it with its weight.
   txt = _normalise(rng.normal(size=(5, 4)))
   outputs = dict(image_emb=jnp.asarray(img), text_emb=jnp.asarray(txt),
                  logit_scale=jnp.asarray(scale))
   base, _ = losses.coca_loss(outputs, None, None, None)
-  total, _ = losses.coca_loss(dict(outputs, phrase_emb=jnp.asarray(phrases)), None, None, None,
-                              verb_phrase_weight=0.5)
+  total, _ = losses.coca_loss(dict(outputs, phrases_emb=jnp.asarray(phrases)), None, None, None,
+                              terms=dict(verb_phrase=dict(weight=0.5, texts="phrases")))
   np.testing.assert_allclose(total, base + 0.5 * loss, rtol=1e-5)
+  with pytest.raises(UserError, match="no loss term 'verb_phrses' is registered"):
+    losses.coca_loss(outputs, None, None, None, terms=dict(verb_phrses={}))
 
 
 def _caption_reference(logits, labels, weights, smoothing):
   logp = _log_softmax(logits, -1)
-  vocab = logits.shape[-1]
   nll = -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
   smooth = -logp.mean(-1)
   per_token = (1 - smoothing) * nll + smoothing * smooth

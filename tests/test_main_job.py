@@ -14,7 +14,7 @@ def test_quick_main_job_writes_the_report(tmp_path):
   env = dict(os.environ, VIDEOCOCA_DATA_DIR=str(tmp_path / "data"))
   env["XLA_FLAGS"] = ""  # The job runs on the one real CPU device, as ./run.sh does.
   job = tmp_path / "job"
-  subprocess.run([sys.executable, "-m", "videococa.main", "--quick", f"--workdir={job}"],
+  subprocess.run([sys.executable, "-m", "videococa.projects.shapes.main", "--quick", f"--workdir={job}"],
                  cwd=REPO, env=env, check=True, timeout=900)
   report = tmp_path / "job_quick" / "report"
   for name in ("index.html", "report.md"):

@@ -20,8 +20,9 @@ from flax import traverse_util
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from videococa import checkpoint, convert, openclip  # noqa: E402
 from videococa.models import coca, presets  # noqa: E402
+from videococa.tools import convert, openclip
+from videococa.train import checkpoint  # noqa: E402
 
 # Reduced CoCas: vision width != embed_dim (open_clip's pooler has separate q/k/v projections) and
 # == embed_dim (one packed in_proj_weight), the second with QuickGELU.
@@ -186,8 +187,8 @@ def test_padding_exercises_the_legacy_cls_mask(tiny_coca):
 
 
 def _cli(*argv):
-  """Runs `python -m videococa.convert ARGV...`; returns the CompletedProcess."""
-  return subprocess.run([sys.executable, "-m", "videococa.convert", *map(str, argv)],
+  """Runs `python -m videococa.tools.convert ARGV...`; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, "-m", "videococa.tools.convert", *map(str, argv)],
                         capture_output=True, text=True)
 
 

@@ -8,7 +8,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from videococa.data import datasets, pipeline, preprocess, shapes, tokenizer  # noqa: E402
+from videococa.data import datasets, pipeline, preprocess, tokenizer  # noqa: E402
+from videococa.projects.shapes import scenes as shapes  # noqa: E402
 
 SIZES = {"num_train": 64, "num_validation": 16, "num_test": 16}
 T, S, MAX_LEN, B = 4, 32, 16, 8  # Frames, image size, model text length, local batch.
@@ -115,20 +116,20 @@ def test_train_batch_shapes_and_tokens(env):
   assert env["tok"].decode(text[:1])[0]
 
 
-@pytest.mark.parametrize("op,texts,out,length,field,rewrite", [
-    ("motion_negatives", "negative_captions", "negatives", MAX_LEN + 1, "hard_negatives",
-     shapes.motion_negatives),
-    ("motion_phrases", "phrase_captions", "phrases", 9, "verb_phrases", shapes.motion_phrases),
+@pytest.mark.parametrize("op,texts,out,length,rewrite", [
+    ("motion_negatives", "negative_captions", "negatives", MAX_LEN + 1, shapes.motion_negatives),
+    ("motion_phrases", "phrase_captions", "phrases", 9, shapes.motion_phrases),
 ])
-def test_motion_text_batches(env, op, texts, out, length, field, rewrite):
-  """Per-clip rewrites of the chosen caption (hard negatives, verb phrases) are batched as
-  `[batch, K, length]` and match the shapes functions; the config declares K."""
+def test_motion_text_batches(env, op, texts, out, length, rewrite):
+  """Per-clip rewrites of the chosen caption (the shapes project's pp ops) are batched as
+  `[batch, K, length]` and match the shapes functions; `config.input.extra_texts` declares K."""
+  from videococa.projects.shapes import pp_ops  # noqa: F401  pylint: disable=g-import-not-at-top
   pp = VIDEO_PP.replace(
       'keep("frames", "text", "id")',
       f'{op}|tokenize({length}, key="{texts}", out="{out}")|'
       f'keep("frames", "text", "{out}", "caption", "label")')
   k = len(rewrite("moves up", "up"))
-  config = _config(env, pp=pp, **{field: k})
+  config = _config(env, pp=pp, extra_texts={out: k})
   batch = pipeline.train_dataset(config, B, 0, env["tok"], extra_keys=("caption", "label"))
   batch = next(batch.take(1).as_numpy_iterator())
   assert batch[out].shape == (B, k, length) and batch[out].dtype == np.int32
@@ -136,7 +137,7 @@ def test_motion_text_batches(env, op, texts, out, length, field, rewrite):
     expected = rewrite(caption.decode(), shapes.MOTIONS[label])
     np.testing.assert_array_equal(tokens, env["tok"].encode(expected, length))
   with pytest.raises(Exception, match=out):  # The config asks for them, the pp lacks them.
-    pipeline.train_dataset(_config(env, **{field: k}), B, 0, env["tok"])
+    pipeline.train_dataset(_config(env, extra_texts={out: k}), B, 0, env["tok"])
 
 
 def test_same_seed_same_batches_other_seed_other_batches(env):

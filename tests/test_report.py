@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from videococa import report
+from videococa.tools import report
 
 CLASSES = ["left", "right", "up", "down", "grow", "shrink", "still"]
 TOP1 = 0.4286
@@ -219,7 +219,7 @@ def test_cli(tmp_path):
   os.makedirs(tmp_path / "not_a_stage")
   out = str(tmp_path / "cli_report")
   result = subprocess.run(
-      [sys.executable, "-m", "videococa.report", f"--job_dir={tmp_path}", f"--out_dir={out}"],
+      [sys.executable, "-m", "videococa.tools.report", f"--job_dir={tmp_path}", f"--out_dir={out}"],
       capture_output=True, text=True, check=True, timeout=120)
   assert result.stdout.strip() == os.path.join(out, "index.html")
   with open(os.path.join(out, "report.md")) as f:

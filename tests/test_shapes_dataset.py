@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from videococa.data import shapes
+from videococa.projects.shapes import scenes as shapes
 
 H = W = 64
 
@@ -268,5 +268,5 @@ def test_registry_errors_and_defaults(monkeypatch):
 
 
 def test_generator_does_not_import_tensorflow():
-  code = "import sys, videococa.data.shapes; assert 'tensorflow' not in sys.modules"
+  code = "import sys, videococa.projects.shapes.scenes; assert 'tensorflow' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])

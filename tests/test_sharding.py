@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from videococa import config_utils, inputs, sharding, trainer as trainer_lib
+from videococa import config_utils
+from videococa.data import inputs
+from videococa.train import sharding, trainer as trainer_lib
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=4, tensor=1),
           dict(data=2, fsdp=2, tensor=2)]
@@ -39,8 +41,8 @@ def test_every_logical_axis_name_has_a_rule():
 
 def test_global_batch_must_split_over_data_parallel_axes():
   mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
-  with pytest.raises(ValueError, match="batch_size=12 is not divisible by the data-parallel size 8"):
-    inputs.local_batch_size(12, mesh)
+  with pytest.raises(ValueError, match="batch_size=12 is not a positive multiple of the data-parallel size 8"):
+    sharding.local_batch_size(12, mesh)
 
 
 @pytest.fixture(scope="module")

@@ -145,7 +145,7 @@ def test_import_does_not_import_tensorflow():
 def test_shapes_captions_fit_the_shapes_model_unsplit(tmp_path):
   """The main job's tokenizer (256 pieces) keeps every shapes_video caption, video or image view,
   within the shapes model's text length (no truncated motions or positions)."""
-  from videococa.data import shapes  # pylint: disable=g-import-not-at-top
+  from videococa.projects.shapes import scenes as shapes  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   captions = []
   for _ in range(1500):
@@ -155,6 +155,6 @@ def test_shapes_captions_fit_the_shapes_model_unsplit(tmp_path):
   tok = tokenizer.Tokenizer(path)
   lengths = (tok.encode(captions[10000:], 64) != tokenizer.PAD_ID).sum(axis=1)
   assert lengths.max() <= config_utils.load_config(
-      os.path.join(ROOT, "configs/coca.py:shapes_image")).model.max_len + 1, lengths.max()
+      os.path.join(ROOT, "configs/proj/shapes/coca_image.py")).model.max_len + 1, lengths.max()
   assert tok.encode(["a yellow square"], 8)[0, 1:4].tolist() == [
       tok.encode([w], 3)[0, 1] for w in ("a", "yellow", "square")]  # Whole-word pieces.

@@ -6,7 +6,9 @@ import sys
 import jax
 import numpy as np
 
-from videococa import checkpoint, config_utils, metric_writer, sharding, train, trainer as trainer_lib
+from videococa import config_utils
+from videococa.data import inputs
+from videococa.train import checkpoint, loop as train, metric_writer, sharding, trainer as trainer_lib
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,14 +21,19 @@ def _tiny(**overrides):
   return config
 
 
-def test_fixed_batch_is_overfit(tmp_path):
+def test_one_batch_is_overfit():
   """30 steps on one random batch cut the loss by more than half."""
-  config = _tiny(total_steps=30, log_every=1, checkpoint_every=1000)
-  config.input.fixed = True
+  config = _tiny(total_steps=30)
   config.optimizer.update(lr=3e-3, warmup_steps=0, decay="constant")
-  train.train(config, str(tmp_path))
-  losses = [r["loss"] for r in metric_writer.read_jsonl(str(tmp_path / "metrics.jsonl"), "train")]
-  assert len(losses) == 30
+  trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
+  state = trainer.init_state()
+  batch = inputs.random_batch(np.random.default_rng(0), config.input.batch_size, 1,
+                              config.model.vision.image_size, config.model.max_len + 1,
+                              config.model.vocab_size)
+  losses = []
+  for _ in range(30):
+    state, metrics = trainer.step(state, sharding.put_batch(batch, trainer.mesh))
+    losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -66,7 +73,8 @@ def test_training_on_random_input_needs_no_tensorflow(tmp_path):
       "import sys",
       "sys.modules['tensorflow'] = None  # Any import of TensorFlow now raises ImportError.",
       "sys.modules['tensorflow_datasets'] = None",
-      "from videococa import config_utils, train",
+      "from videococa import config_utils",
+      "from videococa.train import loop as train",
       "config = config_utils.load_config('configs/coca.py:tiny')",
       "config.update(total_steps=4, checkpoint_every=2, log_every=2, mesh=dict(data=1))",
       f"summary = train.train(config, {str(tmp_path)!r})",
@@ -81,8 +89,9 @@ def test_hard_negatives_enter_the_contrastive_loss():
   """Each clip's `negatives` [batch, K, L+1] are encoded like captions and added to its image->text
   candidates: with K copies of its own caption the loss equals the closed form on the same
   embeddings (so the reshape, token slicing and pairing are right)."""
-  from videococa import losses  # pylint: disable=g-import-not-at-top
+  from videococa.train import losses  # pylint: disable=g-import-not-at-top
   config = _tiny()
+  config.input.extra_texts = dict(negatives=3)
   trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
   params = trainer.init_state().params
   rng = np.random.default_rng(0)
@@ -91,7 +100,7 @@ def test_hard_negatives_enter_the_contrastive_loss():
   text[:, 0], text[:, -3:] = 2, 0  # BOS ... PAD.
   batch = dict(frames=rng.uniform(-1, 1, (batch_size, 1, size, size, 3)).astype(np.float32),
                text=text.astype(np.int32))
-  _, plain = trainer.loss_fn(params, batch)
+  _, plain = trainer_lib.Trainer(_tiny(), trainer.mesh).loss_fn(params, batch)
   with_negatives = dict(batch, negatives=np.repeat(batch["text"][:, None], k, axis=1))
   _, metrics = trainer.loss_fn(params, with_negatives)
   frames, tokens = trainer_lib.model_inputs(batch)
@@ -104,11 +113,13 @@ def test_hard_negatives_enter_the_contrastive_loss():
 
 def test_verb_phrases_enter_the_loss():
   """Each clip's `phrases` [batch, K, len] (len shorter than captions) are encoded like captions
-  and scored against its clip embedding: the loss gains `verb_phrase_weight` times the closed form
-  on the same embeddings."""
-  from videococa import losses  # pylint: disable=g-import-not-at-top
+  and scored against its clip embedding by the shapes project's registered term: the loss gains
+  its weight times the closed form on the same embeddings."""
+  from videococa.projects.shapes import losses  # pylint: disable=g-import-not-at-top
   config = _tiny()
-  config.loss.verb_phrase_weight = 0.5
+  config.extensions = ("videococa.projects.shapes.losses",)
+  config.input.extra_texts = dict(phrases=3)
+  config.loss.terms = dict(verb_phrase=dict(weight=0.5, texts="phrases"))
   trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
   params = trainer.init_state().params
   rng = np.random.default_rng(1)
@@ -118,7 +129,7 @@ def test_verb_phrases_enter_the_loss():
   text[:, 0], text[:, -3:], phrases[..., 0], phrases[..., -1] = 2, 0, 2, 0  # BOS ... PAD.
   batch = dict(frames=rng.uniform(-1, 1, (batch_size, 1, size, size, 3)).astype(np.float32),
                text=text.astype(np.int32))
-  plain, _ = trainer.loss_fn(params, batch)
+  plain, _ = trainer_lib.Trainer(_tiny(), trainer.mesh).loss_fn(params, batch)
   total, metrics = trainer.loss_fn(params, dict(batch, phrases=phrases.astype(np.int32)))
   frames, _ = trainer_lib.model_inputs(batch)
   image_emb, _ = trainer.model.apply({"params": params}, frames, method="encode_visual")

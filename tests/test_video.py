@@ -5,17 +5,22 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from videococa import checkpoint, config_utils, optim, sharding, train, trainer as trainer_lib
+from videococa import config_utils
 from videococa.errors import UserError
 from videococa.models import coca, presets, video
+from videococa.projects.shapes import patch_skip
+from videococa.train import checkpoint, loop as train, optim, sharding, trainer as trainer_lib
 
 NUM_FRAMES = 4
 
 
-def _video_config(variant, **video):
+def _video_config(variant, patch_skip=False, frame_diff=False, normal_flow=False, **video):
+  """coca_tiny as VideoCoCa `variant`; `patch_skip` adds the shapes project's token adapter."""
   cfg = presets.get("coca_tiny")
   cfg.video = dict(dict(variant=variant, num_frames=NUM_FRAMES, temporal_embedding=False,
                         temporal_depth=2), **video)
+  if patch_skip:
+    cfg.token_adapter = dict(name="patch_skip", frame_diff=frame_diff, normal_flow=normal_flow)
   return cfg
 
 
@@ -94,8 +99,8 @@ def test_patch_skip_adds_projected_local_patch_features(image_model, frame_diff,
   params = model.init(jax.random.key(1), frames, tokens)["params"]
   params = _with_shared(jax.tree.map(lambda x: getattr(x, "value", x), params,
                                      is_leaf=lambda x: hasattr(x, "value")), params_img)
-  kernel = jax.random.normal(jax.random.key(2), params["patch_skip"]["proj"]["kernel"].shape)
-  params["patch_skip"]["proj"]["kernel"] = kernel
+  kernel = jax.random.normal(jax.random.key(2), params["adapter"]["proj"]["kernel"].shape)
+  params["adapter"]["proj"]["kernel"] = kernel
   visual = params["visual"]
   patch = visual["patch_embed"]["kernel"].shape[0]
   flat = frames.reshape(-1, *frames.shape[2:])
@@ -107,21 +112,21 @@ def test_patch_skip_adds_projected_local_patch_features(image_model, frame_diff,
   expected_skip = norm(local) @ kernel
   if frame_diff:
     diff_kernel = jax.random.normal(jax.random.key(3), kernel.shape)
-    params["patch_skip"]["diff_proj"]["kernel"] = diff_kernel
+    params["adapter"]["diff_proj"]["kernel"] = diff_kernel
     diff = np.concatenate([local[:, 1:] - local[:, :-1], np.zeros_like(local[:, :1])], axis=1)
     expected_skip = expected_skip + norm(diff) @ diff_kernel
   if normal_flow:
     flow_kernel = jax.random.normal(jax.random.key(4), kernel.shape)
-    params["patch_skip"]["flow_proj"]["kernel"] = flow_kernel
-    hidden = params["patch_skip"]["flow_hidden"]
-    flow = video.normal_flow(frames, patch)
+    params["adapter"]["flow_proj"]["kernel"] = flow_kernel
+    hidden = params["adapter"]["flow_hidden"]
+    flow = patch_skip.normal_flow(frames, patch)
     flow_features = jax.nn.gelu(flow @ hidden["kernel"] + hidden["bias"])
     expected_skip = expected_skip + flow_features @ flow_kernel
   vit_tokens = model_img.apply({"params": params_img}, frames, method=lambda m, f: m.visual(f))
 
   def pooler_input(m, f):
     out, patch_tokens = m.visual(f)
-    return out + m.patch_skip(patch_tokens, f)
+    return out + m.adapter(patch_tokens, f)
 
   got = model.apply({"params": params}, frames, method=pooler_input)
   np.testing.assert_allclose(got, vit_tokens + expected_skip, rtol=1e-4, atol=1e-4)
@@ -136,7 +141,7 @@ def test_normal_flow_of_a_translated_ramp_is_the_shift():
   ys, xs = np.mgrid[:size, :size].astype(np.float64)
   frames = np.stack([a * (xs - t * dx) + c * (ys - t * dy) for t in range(3)])
   frames = np.repeat(frames[None, :, :, :, None], 3, axis=-1)  # [1, 3, 32, 32, 3]
-  flow = np.asarray(video.normal_flow(jnp.asarray(frames, jnp.float32), patch, eps=eps))
+  flow = np.asarray(patch_skip.normal_flow(jnp.asarray(frames, jnp.float32), patch, eps=eps))
   assert flow.shape == (1, 3, (size // patch) ** 2, 2)
   np.testing.assert_array_equal(flow[:, -1], 0.0)
   n = patch * patch * 3
@@ -148,23 +153,23 @@ def test_normal_flow_is_blind_to_colour_and_contrast():
   """Permuting the colour channels or inverting the clip (a dark object on a light background
   instead of a light one on a dark background) leaves the normal flow unchanged."""
   frames = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 4, 16, 16, 3)), jnp.float32)
-  flow = video.normal_flow(frames, 8)
-  np.testing.assert_allclose(video.normal_flow(frames[..., ::-1], 8), flow, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(video.normal_flow(-frames, 8), flow, rtol=1e-5, atol=1e-6)
+  flow = patch_skip.normal_flow(frames, 8)
+  np.testing.assert_allclose(patch_skip.normal_flow(frames[..., ::-1], 8), flow, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(patch_skip.normal_flow(-frames, 8), flow, rtol=1e-5, atol=1e-6)
   assert np.abs(np.asarray(flow[:, :-1])).max() > 0.1
 
 
 def test_normal_flow_gives_the_direction_of_rendered_shapes_of_any_colour():
   """shapes_video clips of the held-out `test` compositions: the patch-mean normal flow points the
   way the objects move, whatever their colour (exactly zero for still clips)."""
-  from videococa.data import shapes  # pylint: disable=g-import-not-at-top
+  from videococa.projects.shapes import scenes as shapes  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   expected = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))
   seen = set()
   for _ in range(60):
     spec = shapes.sample_clip(rng, "test", num_frames=16, height=64, width=64)
     frames = jnp.asarray(shapes.render(spec)[None, ::2], jnp.float32) / 127.5 - 1.0
-    mean = np.asarray(video.normal_flow(frames, 8)).mean(axis=(0, 1, 2))
+    mean = np.asarray(patch_skip.normal_flow(frames, 8)).mean(axis=(0, 1, 2))
     if spec.motion == "still":
       np.testing.assert_array_equal(mean, 0.0)
     elif spec.motion in expected:
@@ -208,7 +213,9 @@ def test_too_many_frames_error_names_the_field():
 def _train_config(mode, **overrides):
   config = config_utils.load_config("configs/coca.py:tiny")
   config.model.video = dict(variant="factorized", num_frames=2, temporal_embedding=False,
-                            temporal_depth=1, patch_skip=True)
+                            temporal_depth=1)
+  config.model.token_adapter = dict(name="patch_skip")
+  config.extensions = ("videococa.projects.shapes.patch_skip",)
   config.input.num_frames = 2
   config.input.batch_size = 8
   config.mesh = dict(data=1)
@@ -225,7 +232,7 @@ def test_frozen_parameters_are_bit_identical_after_training(mode):
   before = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
   frozen = traverse_util.flatten_dict(trainer.frozen, sep="/")
   rng = np.random.default_rng(0)
-  from videococa import inputs  # pylint: disable=g-import-not-at-top
+  from videococa.data import inputs  # pylint: disable=g-import-not-at-top
   for _ in range(3):
     batch = inputs.random_batch(rng, 8, 2, 32, 13, 64)
     state, _ = trainer.step(state, sharding.put_batch(batch, trainer.mesh))
@@ -241,7 +248,7 @@ def test_frozen_parameters_are_bit_identical_after_training(mode):
   if mode == "lit":
     assert {p for p in frozen if p.startswith("visual/")} == {p for p, f in frozen.items() if f}
   else:
-    assert all(p.startswith(("pooling/", "image_proj/", "temporal_encoder/", "patch_skip/"))
+    assert all(p.startswith(("pooling/", "image_proj/", "temporal_encoder/", "adapter/"))
                for p in trained)
   # Frozen parameters carry no optimizer state (Adam moments only for the trainable ones).
   moments = sum(x.size for x in jax.tree.leaves(state.opt_state))

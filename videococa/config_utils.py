@@ -30,13 +30,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return result
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` the way `--config=` does (for tests and the main job)."""
-  path, _, arg = spec.partition(":")
+def import_config_file(path: str):
+  """Imports the config file at `path` as a module (e.g. to reuse another recipe's helpers)."""
   if not os.path.exists(path):
     raise MissingPathError(f"Config file {path} does not exist.")
   module_spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` the way `--config=` does (for tests and the main job)."""
+  path, _, arg = spec.partition(":")
+  return import_config_file(path).get_config(arg or None)

@@ -6,10 +6,10 @@ Configs:
     has a (colour, motion) or (shape, motion) composition that never occurs in train/validation.
   image: single static frames with captions of colour, size, shape and position, for image CoCa.
 
-Everything comes from `videococa.data.shapes` driven by `np.random.default_rng([seed, split,
-index])`, so rebuilding gives the same bytes and each split is seeded independently. No download.
-README.md next to this file is the TFDS description; the top-level README documents the label set,
-caption templates, splits and sizes. Load it
+Everything comes from the shapes project's scene generator (`videococa.projects.shapes.scenes`)
+driven by `np.random.default_rng([seed, split, index])`, so rebuilding gives the same bytes and
+each split is seeded independently. No download. README.md next to this file is the TFDS
+description; docs/data.md documents the label set, caption templates, splits and sizes. Load it
 with `videococa.data.datasets.get_builder('shapes_video/video')` (imports this file by path).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from videococa.data import shapes
+from videococa.projects.shapes import scenes as shapes
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,8 +1,8 @@
 """Dataset registry: local builders under `data/`, any TFDS-registered name, or prepared folders.
 
-Names ``'shapes_video'`` (default config), ``'shapes_video/video'`` and ``'shapes_video/image'``
-are built from `data/<builder>/<builder>_dataset_builder.py` (imported by file path; `data/` is not
-a Python package); any other name goes to `tfds.builder`. Data lives in `data_dir`: the config
+A name ``'<builder>'`` or ``'<builder>/<config>'`` whose folder `data/<builder>/` holds
+`<builder>_dataset_builder.py` (e.g. the embedded ``'shapes_video/video'``) is built from that file
+(imported by file path; `data/` is not a Python package); any other name goes to `tfds.builder`. Data lives in `data_dir`: the config
 value if given, else $VIDEOCOCA_DATA_DIR, else ~/tensorflow_datasets.
 
 Local builders also take `config_overrides` (e.g. ``{'num_train': 64}`` for smoke tests): they make
@@ -25,7 +25,14 @@ import tensorflow_datasets as tfds
 from videococa.errors import MissingPathError, UserError
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "data"
-LOCAL_BUILDERS = ("shapes_video",)
+
+
+def local_builders() -> list[str]:
+  """Names of the builders under `data/` (folders holding `<name>/<name>_dataset_builder.py`)."""
+  if not DATA_ROOT.is_dir():
+    return []
+  return sorted(d.name for d in DATA_ROOT.iterdir()
+                if (d / f"{d.name}_dataset_builder.py").is_file())
 
 
 def default_data_dir(data_dir: str | None = None) -> str:
@@ -71,7 +78,7 @@ def get_builder(name: str, data_dir: str | None = None,
   """
   builder, _, config = name.partition("/")
   data_dir = default_data_dir(data_dir)
-  if builder in LOCAL_BUILDERS:
+  if builder in local_builders():
     cls = _local_builder_cls(builder)
     configs = {c.name: c for c in cls.BUILDER_CONFIGS}
     config = config or cls.DEFAULT_CONFIG_NAME
@@ -82,14 +89,14 @@ def get_builder(name: str, data_dir: str | None = None,
       return cls(config=_custom_config(configs[config], config_overrides), data_dir=data_dir)
     return cls(config=config, data_dir=data_dir)
   if config_overrides:
-    raise UserError(f"config_overrides only apply to local builders {list(LOCAL_BUILDERS)}, not "
+    raise UserError(f"config_overrides only apply to local builders {local_builders()}, not "
                     f"{name!r}; drop them or name a TFDS config as '<dataset>/<config>'.")
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise UserError(
-        f"Unknown dataset name {name!r}: not a local builder {list(LOCAL_BUILDERS)} (configs as "
-        f"'shapes_video/video', 'shapes_video/image') nor a TFDS dataset. Fix the dataset name in "
+        f"Unknown dataset name {name!r}: not a local builder under data/ {local_builders()} nor "
+        f"a TFDS dataset. Fix the dataset name in "
         f"the config, or for a folder prepared by the ingestion tool use "
         f"get_builder_from_directory(path).") from e
 

@@ -55,7 +55,7 @@ import numpy as np
 from PIL import Image, ImageOps
 import tqdm
 
-from videococa import errors
+from videococa import cli, errors
 
 VERSION = "1.0.0"
 REPORT_FILENAME = "ingest_report.json"
@@ -668,7 +668,7 @@ def main(argv):
   if not os.path.isdir(media_dir):
     raise errors.MissingPathError(f"--{kind}s={media_dir} is not a directory.")
   # Bad annotations, unreadable inputs (NoUsableInputs), an existing --out: errors.UserError, which
-  # errors.run reports as one line with exit status 2.
+  # cli.run reports as one line with exit status 2.
   if kind == "video":
     report = ingest_videos(media_dir, FLAGS.annotations, num_frames=FLAGS.num_frames,
                            fps=FLAGS.fps, **common)
@@ -679,4 +679,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  errors.run(main)
+  cli.run(main)

@@ -1,6 +1,6 @@
 r"""tf.data input pipelines: deterministic, resumable training batches and one-pass eval batches.
 
-Training (`make_train_iterator`, used by `videococa.inputs` when config.input.source='tfds'):
+Training (`make_train_iterator`, used by `videococa.data.inputs` when config.input.source='tfds'):
 
   read this process's shard -> [cache] -> per-epoch seeded shuffle -> skip to the resume point
   -> number examples -> preprocess (pp string) -> [mixture] -> batch -> prefetch -> numpy
@@ -37,8 +37,7 @@ Config (`config.input`; optional fields default to `DEFAULTS`):
         'keep("frames", "text")')  # tokenize(config.model.max_len + 1)
   mixture = {}  # Or {key: dict(name=/dir=, split=, weight=, pp=)}: replaces data / pp.
   tokenizer = '{workdir}/tokenizer.model'; tokenizer_vocab_size = 0
-  hard_negatives = 0  # K > 0: the pp also yields 'negatives' int32 [K, max_len + 1].
-  verb_phrases = 0  # K > 0: the pp also yields 'phrases' int32 [K, len], any len <= max_len + 1.
+  extra_texts = {}  # {key: K}: the pp also yields `key` int32 [K, len], len <= max_len + 1.
   shuffle_buffer, cache, prefetch, num_parallel_calls
 
 Token layout: the pp string's `tokenize(L)` must produce L = config.model.max_len + 1 tokens
@@ -83,8 +82,9 @@ DEFAULTS = dict(
     num_parallel_calls=AUTOTUNE,  # Parallel preprocessing calls.
     tokenizer=None,  # Path of the SentencePiece .model; '{workdir}' is replaced.
     tokenizer_vocab_size=0,  # > 0: train a tokenizer of this size if `tokenizer` is missing.
-    hard_negatives=0,  # Hard-negative texts per example the pp yields as 'negatives'.
-    verb_phrases=0,  # Verb phrases per example (the positive first) the pp yields as 'phrases'.
+    # {key: K}: text sets of K texts per example the pp yields as `key` (`negatives`: the
+    # contrastive loss's hard negatives; others: read by loss terms, `config.loss.terms`).
+    extra_texts={},
 )
 DATA_KEYS = ("name", "dir", "split", "data_dir", "config_overrides")
 MEMBER_KEYS = DATA_KEYS + ("weight", "pp")
@@ -257,10 +257,9 @@ def _check_output(spec: Mapping[str, tf.TensorSpec], expected: Mapping[str, tupl
           f"{where} gives {key!r}: {got_str}, but the model needs {list(shape)} {dtype.name}. "
           "frames: end the clip ops with sample_frames(T) or image_to_clip(T) (T = "
           "config.input.num_frames) and random_resized_crop(S) or resize(S) (S = "
-          "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); negatives "
-          "(config.input.hard_negatives > 0): K texts tokenized to [K, config.model.max_len + 1]; "
-          "phrases (config.input.verb_phrases > 0): K texts tokenized to [K, len]; and keep them "
-          "with keep('frames', 'text', ...).")
+          "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); each text set "
+          "of config.input.extra_texts ({key: K}): K texts tokenized to [K, len <= "
+          "config.model.max_len + 1]; and keep them with keep('frames', 'text', ...).")
 
 
 def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_step: int,
@@ -268,10 +267,9 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_ste
   """Per-process training batches from `start_step` on (see the module docstring).
 
   Returns a dataset of {'frames': uint8 [local_batch, T, S, S, 3],
-  'text': int32 [local_batch, config.model.max_len + 1]}, with `config.input.hard_negatives` = K
-  > 0 also 'negatives': int32 [local_batch, K, max_len + 1], with `config.input.verb_phrases` = K
-  > 0 also 'phrases': int32 [local_batch, K, len], plus `extra_keys` (e.g. 'id', for
-  inspection; the pp must keep them).
+  'text': int32 [local_batch, config.model.max_len + 1]}, plus for each `key: K` of
+  `config.input.extra_texts` `key`: int32 [local_batch, K, len], plus `extra_keys` (e.g. 'id',
+  for inspection; the pp must keep them).
   """
   shuffle_buffer = _input_field(config, "shuffle_buffer")
   cache = _input_field(config, "cache")
@@ -280,12 +278,8 @@ def train_dataset(config: ml_collections.ConfigDict, local_batch: int, start_ste
   size = config.model.vision.image_size
   expected = {"frames": ((config.input.num_frames, size, size, 3), tf.uint8),
               "text": ((config.model.max_len + 1,), tf.int32)}
-  num_negatives = _input_field(config, "hard_negatives")
-  if num_negatives:
-    expected["negatives"] = ((num_negatives, config.model.max_len + 1), tf.int32)
-  num_phrases = _input_field(config, "verb_phrases")
-  if num_phrases:
-    expected["phrases"] = ((num_phrases, None), tf.int32)
+  for key, num_texts in _input_field(config, "extra_texts").items():
+    expected[key] = ((num_texts, None), tf.int32)
   start = start_step * local_batch
   weights = [float(m["weight"]) for m in members.values()]
   mix_seed = _seed_pair(config.seed, jax.process_index(), _MIXTURE)
@@ -317,19 +311,24 @@ def _member_captions(members: Iterable[dict]) -> Iterator[str]:
 
 
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str):
-  """The training tokenizer at config.input.tokenizer ('{workdir}' replaced).
+  """The training tokenizer config.input.tokenizer ('{workdir}' replaced): 'clip_bpe' (CLIP's
+  BPE, open_clip's ids), the path of a CLIP 'bpe_simple_vocab_16e6.txt.gz', or the path of a
+  SentencePiece '.model' (see `tokenizer_lib.load`).
 
-  If the file is missing and config.input.tokenizer_vocab_size > 0, trains one on the captions of
-  every training dataset and writes it atomically (concurrent processes write identical bytes).
+  If a SentencePiece file is missing and config.input.tokenizer_vocab_size > 0, trains one on the
+  captions of every training dataset and writes it atomically (concurrent processes write
+  identical bytes).
   """
   template = _input_field(config, "tokenizer")
   if not template:
     raise UserError("config.input.pp tokenizes captions but config.input.tokenizer is not set: "
-                    "give the path of a SentencePiece .model (may contain '{workdir}').")
+                    "give the path of a SentencePiece .model (may contain '{workdir}') or "
+                    "'clip_bpe'.")
   path = os.path.expanduser(template.format(workdir=workdir))
-  if not os.path.isfile(path):
+  if not tokenizer_lib.is_clip_bpe(path) and not os.path.isfile(path):
     if not path.endswith(".model"):
-      raise UserError(f"config.input.tokenizer={template!r} must end with '.model'.")
+      raise UserError(f"config.input.tokenizer={template!r} must be 'clip_bpe', a CLIP "
+                      "vocabulary '*.txt.gz' or a SentencePiece '*.model' path.")
     vocab_size = _input_field(config, "tokenizer_vocab_size")
     if not vocab_size > 0:
       raise MissingPathError(
@@ -340,7 +339,7 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str):
     tmp_prefix = f"{path[:-6]}.tmp-{uuid.uuid4().hex}"
     os.replace(tokenizer_lib.train(_member_captions(_members(config).values()), vocab_size,
                                    tmp_prefix), path)
-  tok = tokenizer_lib.Tokenizer(path)
+  tok = tokenizer_lib.load(path)
   if tok.vocab_size > config.model.vocab_size:
     raise UserError(f"Tokenizer {path} has {tok.vocab_size} pieces but config.model.vocab_size="
                     f"{config.model.vocab_size}: raise the model's vocab_size or use a smaller "

@@ -17,10 +17,8 @@ Keys:
   image    encoded image: string `[]`, or uint8 `[H, W, 3]` when cached.
   frames   decoded clip: uint8 `[T, H, W, 3]` (images become `[1, H, W, 3]`).
   captions string `[N]` reference captions; caption: string `[]`; text: int32 `[..., max_len]`.
-  negative_captions, negatives  string `[K]` / int32 `[K, max_len]` hard-negative texts of the
-           chosen caption (`motion_negatives`), read by the contrastive loss.
-  phrase_captions, phrases  string `[K]` / int32 `[K, len]` verb phrases, the chosen caption's
-           first (`motion_phrases`), read by the verb-phrase loss.
+  negatives  int32 `[K, len]` hard-negative texts of the chosen caption (a project's pp op makes
+           them, e.g. the shapes project's `motion_negatives`), read by the contrastive loss.
   _seed    int64 `[2]` per-example stateless seed, added by the pipeline (`SEED_KEY`).
 
 Frames stay uint8 throughout: the trainer normalises on device (`trainer.model_inputs`), which
@@ -49,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from videococa.data import shapes
+from videococa.errors import UserError
 
 Example = dict[str, Any]
 Op = Callable[[Example], Example]
@@ -120,7 +118,8 @@ def get_preprocess_fn(pp: str, tokenizer=None) -> Op:
       continue
     name, args, kwargs = _parse_op(spec, pp)
     if name not in _REGISTRY:
-      raise ValueError(f"Unknown pp op {name!r} in {pp!r}; known ops: {', '.join(known_ops())}.")
+      raise UserError(f"Unknown pp op {name!r} in {pp!r}; known ops: {', '.join(known_ops())} "
+                      "(a project's ops are registered by the modules in config.extensions).")
     factory = _REGISTRY[name]
     if name in _NEEDS_TOKENIZER:
       if tokenizer is None:
@@ -356,40 +355,6 @@ def get_choose_caption(key: str = "captions", out: str = "caption") -> Op:
     example[out] = captions[index]
     return example
   return fn
-
-
-def _motion_text_op(rewrite, size: int, key: str, label: str, out: str) -> Op:
-  """Op: `out` string `[size]` = `rewrite(caption, motion name)` of the caption `key` (string `[]`)
-  of a clip whose motion index is `label`."""
-
-  def apply(caption, motion):
-    texts = rewrite(caption.decode("utf-8"), shapes.MOTIONS[int(motion)])
-    return np.array([t.encode("utf-8") for t in texts], dtype=object)
-
-  def fn(example):
-    texts = tf.numpy_function(apply, [example[key], example[label]], tf.string, stateful=False)
-    texts.set_shape([size])
-    example[out] = texts
-    return example
-  return fn
-
-
-@register("motion_negatives")
-def get_motion_negatives(key: str = "caption", label: str = "label",
-                         out: str = "negative_captions") -> Op:
-  """shapes_video: the caption `key` (string `[]`) of a clip whose motion index is `label`,
-  rewritten for each of the other motions -> `out` string `[len(MOTIONS) - 1]` (verb-swapped hard
-  negatives, `shapes.motion_negatives`)."""
-  return _motion_text_op(shapes.motion_negatives, len(shapes.MOTIONS) - 1, key, label, out)
-
-
-@register("motion_phrases")
-def get_motion_phrases(key: str = "caption", label: str = "label",
-                       out: str = "phrase_captions") -> Op:
-  """shapes_video: the motion phrase of the caption `key` alone, then the same phrase for each
-  other motion -> `out` string `[len(MOTIONS)]` (verb-phrase targets, `shapes.motion_phrases`;
-  the first is the positive)."""
-  return _motion_text_op(shapes.motion_phrases, len(shapes.MOTIONS), key, label, out)
 
 
 @register("tokenize", needs_tokenizer=True)

@@ -1,8 +1,19 @@
-r"""SentencePiece tokenizer for captions: training one from a dataset's captions, and using it.
+r"""Caption tokenizers: SentencePiece (trained from a dataset's captions) and CLIP's BPE.
 
-Token ids: pad=0, unk=1, bos=2, eos=3 for models trained here. A caption is encoded as
-[BOS, tokens..., EOS, PAD...]; any existing SentencePiece `.model` with pad=0 and BOS/EOS pieces
-works too.
+`load(spec)` opens either from a config value (`config.input.tokenizer`):
+
+  load('/tmp/tok/spm.model')  # A SentencePiece model: `Tokenizer`.
+  load('clip_bpe')            # CLIP's BPE with the vocabulary shipped in videococa/data/assets/
+                              # (ids as open_clip.tokenize): `clip_bpe.ClipBpeTokenizer`.
+  load('/x/bpe_simple_vocab_16e6.txt.gz')  # CLIP's BPE with that vocabulary file.
+
+Both have `encode(texts, max_len)` -> int32 [B, max_len], `decode(ids)` -> list of str, and
+`vocab_size`, `pad_id`, `bos_id`, `eos_id`, `path`; code that runs with either takes the special
+ids from the tokenizer object (the module constants below are SentencePiece's).
+
+SentencePiece token ids: pad=0, unk=1, bos=2, eos=3 for models trained here. A caption is
+encoded as [BOS, tokens..., EOS, PAD...]; any existing SentencePiece `.model` with pad=0 and BOS/EOS
+pieces works too.
 
   python -m videococa.data.tokenizer --dataset=shapes_video --vocab_size=1000 --out=/tmp/tok/spm
   python -m videococa.data.tokenizer --dataset_dir=/data/msrvtt --vocab_size=8000 --out=/tmp/spm
@@ -19,7 +30,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
 
-from videococa import errors
+from videococa import cli, errors
+from videococa.data import clip_bpe
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # SentencePiece's training result depends on its thread count: fixed, so that it is deterministic.
@@ -96,6 +108,27 @@ class Tokenizer:
           tokens.append(t)
       texts.append(self._sp.decode(tokens))
     return texts
+
+
+def is_clip_bpe(spec) -> bool:
+  """Whether a tokenizer spec names CLIP's BPE ('clip_bpe' or a '*.txt.gz' vocabulary path)."""
+  spec = os.fspath(spec)
+  return spec == clip_bpe.NAME or spec.endswith(clip_bpe.VOCAB_SUFFIX)
+
+
+def load(spec):
+  """The tokenizer a spec names: 'clip_bpe' (CLIP's BPE, shipped vocabulary), the path of a CLIP
+  vocabulary '*.txt.gz', or the path of a SentencePiece '.model'.
+
+  Returns:
+    A `clip_bpe.ClipBpeTokenizer` or a `Tokenizer`; both encode to [BOS, ..., EOS, PAD...].
+  """
+  spec = os.fspath(spec)
+  if spec == clip_bpe.NAME:
+    return clip_bpe.ClipBpeTokenizer()
+  if is_clip_bpe(spec):
+    return clip_bpe.ClipBpeTokenizer(spec)
+  return Tokenizer(spec)
 
 
 def train(texts: Iterable[str], vocab_size: int, out_prefix, model_type="bpe",
@@ -204,6 +237,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  errors.run(main)
+  cli.run(main)

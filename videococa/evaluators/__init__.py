@@ -1,7 +1,7 @@
 r"""Zero-shot evaluators (classification, retrieval, captioning): registry, scheduling, output.
 
 Configured in `config.evals`, one entry per evaluator, used during training and by
-`python -m videococa.evaluate --config=... --workdir=DIR [--checkpoint=STEP]`:
+`python -m videococa.tools.evaluate --config=... --workdir=DIR [--checkpoint=STEP]`:
 
   config.evals = dict(
       motion=dict(type='classification', every=1000, batch_size=64,

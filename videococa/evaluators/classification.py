@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from videococa.evaluators import common, metrics
+from videococa.models import coca
 
 
 class Classification(common.Evaluator):
@@ -44,7 +45,7 @@ class Classification(common.Evaluator):
     """float32 `[C, embed_dim]`: per class, the renormalised mean of its prompts' embeddings."""
     prompts = self.encoder.text_embeddings(params, self.prompts)
     per_template = prompts.reshape(len(self.class_names), len(self.templates), -1)
-    return common.l2_normalize(per_template.mean(axis=1))
+    return np.asarray(coca.l2_normalize(per_template.mean(axis=1)))
 
   def run(self, params) -> dict:
     classifier = self.classifier(params)

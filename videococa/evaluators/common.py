@@ -16,15 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from videococa import sharding
+from videococa.models import coca
+from videococa.train import sharding
 
 REQUIRED = object()  # Marks a config field without a default.
 # Fields every evaluator config has: field -> default.
@@ -63,17 +62,6 @@ def check_data(data: Mapping[str, Any], field: str) -> None:
   """Checks a data spec (dict(name=, split=, ...) or dict(dir=, split=)); errors name `field`."""
   from videococa.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   pipeline._check_keys(data, pipeline.DATA_KEYS, field)  # pylint: disable=protected-access
-
-
-def local_batch_size(batch_size: int, mesh: jax.sharding.Mesh, field: str) -> int:
-  """This process's share of the global `batch_size`; checks that it splits over mesh and
-  processes (`field` names the config field in the error)."""
-  dp, processes = sharding.data_parallel_size(mesh), jax.process_count()
-  multiple = math.lcm(dp, processes)
-  if not isinstance(batch_size, int) or batch_size <= 0 or batch_size % multiple:
-    raise ValueError(f"{field}={batch_size!r} must be a positive multiple of {multiple} (the "
-                     f"data-parallel size {dp} = mesh data x fsdp, and the {processes} processes).")
-  return batch_size // processes
 
 
 def gather(tree: Any) -> Any:
@@ -131,7 +119,7 @@ def eval_batches(data: Mapping[str, Any], pp: str, batch_size: int, mesh: jax.sh
   """One pass over `data` in global batches of `batch_size` (`where`: the config prefix for
   errors, e.g. 'config.evals.retrieval')."""
   from videococa.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  local = local_batch_size(batch_size, mesh, f"{where}.batch_size")
+  local = sharding.local_batch_size(batch_size, mesh, f"{where}.batch_size")
   for batch in pipeline.make_eval_iterator(dict(data), pp, local):
     if "frames" not in batch:
       raise ValueError(f"{where}.pp={pp!r} gives no 'frames': end the clip ops with a resize and "
@@ -145,16 +133,9 @@ def eval_batches(data: Mapping[str, Any], pp: str, batch_size: int, mesh: jax.sh
     yield Batch(sharding.put_batch({"frames": frames}, mesh)["frames"], info, frames)
 
 
-def _to_unit_range(frames: jax.Array) -> jax.Array:
-  """uint8 frames -> float32 in [-1, 1], on the device (as `trainer.model_inputs`)."""
-  if frames.dtype == jnp.uint8:
-    return frames.astype(jnp.float32) / 127.5 - 1.0
-  return frames
-
-
 def encode_visual(model, params, frames):
   """`Model.encode_visual` on uint8 (or [-1, 1]) frames `[batch, T, H, W, 3]`."""
-  return model.apply({"params": params}, _to_unit_range(frames), method="encode_visual")
+  return model.apply({"params": params}, coca.to_unit_range(frames), method="encode_visual")
 
 
 def _image_embedding(model, params, frames):
@@ -163,12 +144,6 @@ def _image_embedding(model, params, frames):
 
 def _text_embedding(model, params, tokens):
   return model.apply({"params": params}, tokens, method="encode_text")[0]
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-  """Rows of `[..., dim]` scaled to unit L2 norm (float32)."""
-  x = np.asarray(x, np.float32)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class Encoder:
@@ -181,7 +156,8 @@ class Encoder:
   def __init__(self, model, mesh: jax.sharding.Mesh, tokenizer, text_batch_size: int, where: str):
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
     self.text_batch_size = text_batch_size
-    self._local_text_batch = local_batch_size(text_batch_size, mesh, f"{where}.text_batch_size")
+    self._local_text_batch = sharding.local_batch_size(text_batch_size, mesh,
+                                                       f"{where}.text_batch_size")
     self._image = jax.jit(functools.partial(_image_embedding, model))
     self._text = jax.jit(functools.partial(_text_embedding, model))
 
@@ -233,7 +209,7 @@ class Evaluator:
     self.data, self.pp = dict(self.cfg["data"]), self.cfg["pp"]
     self.batch_size = self.cfg["batch_size"]
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
-    local_batch_size(self.batch_size, mesh, f"{self.where}.batch_size")
+    sharding.local_batch_size(self.batch_size, mesh, f"{self.where}.batch_size")
     self._check_data()
 
   def _check_data(self) -> None:

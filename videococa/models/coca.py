@@ -15,12 +15,30 @@ import jax
 import jax.numpy as jnp
 
 from videococa.errors import UserError
-from videococa.models import layers, poolers, text, video as video_lib, vit
+from videococa.models import hooks, layers, poolers, text, video as video_lib, vit
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
-  x = x.astype(jnp.float32)
+  """Rows of `[..., dim]` scaled to unit L2 norm, in float32 (jax or numpy input)."""
+  x = jnp.asarray(x, jnp.float32)
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def to_unit_range(frames: jax.Array) -> jax.Array:
+  """uint8 frames in [0, 255] -> float32 in [-1, 1], the model's input range (done on the device:
+  uint8 moves 4x fewer bytes host -> device); other dtypes are taken as already in range."""
+  if frames.dtype == jnp.uint8:
+    return frames.astype(jnp.float32) / 127.5 - 1.0
+  return frames
+
+
+def init_inputs(model_config: Any, batch_size: int = 1, num_frames: int = 1
+                ) -> tuple[jax.Array, jax.Array]:
+  """Zero frames `[batch, frames, S, S, 3]` and tokens `[batch, max_len]` for `Model.init` of
+  `model_config` (usually under `jax.eval_shape`, so nothing is allocated)."""
+  size = model_config["vision"]["image_size"]
+  return (jnp.zeros((batch_size, num_frames, size, size, 3), jnp.float32),
+          jnp.zeros((batch_size, model_config["max_len"]), jnp.int32))
 
 
 class Model(nn.Module):
@@ -41,6 +59,7 @@ class Model(nn.Module):
   text: Any
   decoder: Any
   video: Any = None
+  token_adapter: Any = None  # dict(name=, **kwargs) of a registered adapter (models/hooks.py).
   tie_embedding: bool = False
   vocab_bias: bool = False
   temperature_init: float = 0.07
@@ -63,16 +82,10 @@ class Model(nn.Module):
     self.visual = vit.VisionTransformer(
         **self.vision, **towers, num_frames=video["num_frames"],
         joint_space_time=video["variant"] == "joint_space_time",
-        with_patch_tokens=bool(video["patch_skip"]))
-    for motion in ("frame_diff", "normal_flow"):
-      if video[motion] and not video["patch_skip"]:
-        raise ValueError(f"model.video.{motion}=True needs model.video.patch_skip=True (it goes "
-                         "through the patch skip).")
-    if video["patch_skip"]:
-      self.patch_skip = video_lib.PatchSkip(frame_diff=bool(video["frame_diff"]),
-                                            normal_flow=bool(video["normal_flow"]),
-                                            patch_size=self.vision["patch_size"],
-                                            ln_eps=self.ln_eps, dtype=dtype)
+        with_patch_tokens=bool(self.token_adapter))
+    if self.token_adapter:
+      self.adapter = hooks.token_adapter(self.token_adapter, patch_size=self.vision["patch_size"],
+                                         ln_eps=self.ln_eps, dtype=dtype)
     if video["variant"] == "attentional_pooler" and video["temporal_embedding"]:
       self.frame_embedding = self.param(
           "temporal_embedding",
@@ -110,9 +123,9 @@ class Model(nn.Module):
     if frames.ndim == 4:
       frames = frames[:, None]
     tokens = self.visual(frames)  # [batch, frames, tokens, width]
-    if self.video_cfg["patch_skip"]:
-      tokens, patch_tokens = tokens
-      tokens = tokens + self.patch_skip(patch_tokens, frames)
+    if self.token_adapter:
+      tokens, input_tokens = tokens
+      tokens = tokens + self.adapter(input_tokens, frames)
     batch, num_frames, num_tokens, width = tokens.shape
     variant = self.video_cfg["variant"]
     if variant in ("attentional_pooler", "joint_space_time"):
@@ -188,7 +201,7 @@ def init_decode_cache(model: Model, params: Any, caption_tokens: jax.Array, max_
 def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int | None = None,
          dont_load: Sequence[str] = ()) -> tuple[Any, dict[str, list[str]]]:
   """Initialises `init_params` from the checkpoint at `init_file` (a workdir, its checkpoints/, or a
-  `videococa.convert` output): e.g. an image CoCa into a VideoCoCa (inflation).
+  `videococa.tools.convert` output): e.g. an image CoCa into a VideoCoCa (inflation).
 
   Parameters present in both with equal shapes are copied; a ViT position embedding for another
   image size is bilinearly resized; parameters only in `init_params` (temporal embeddings, the
@@ -201,7 +214,7 @@ def load(init_params: Any, init_file: str, model_cfg: Any = None, *, step: int |
   (lists of paths).
   """
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from videococa import checkpoint, sharding  # pylint: disable=g-import-not-at-top
+  from videococa.train import checkpoint, sharding  # pylint: disable=g-import-not-at-top
   loaded, _ = checkpoint.load_params(init_file, step)
   ours = traverse_util.flatten_dict(init_params, sep="/")
   theirs = traverse_util.flatten_dict(loaded, sep="/")

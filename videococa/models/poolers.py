@@ -72,7 +72,7 @@ class VisualPooling(nn.Module):
   `position_encoding='sincos2d'` adds fixed 2D sin-cos positions (`posemb_sincos_2d`) to every
   frame's tokens before pooling, as CLIP's AttentionPool2d adds positions before its pooling
   attention: the pooled outputs then say *where* things are, which per-frame features need for
-  the temporal model to see motion (README, "Results of the default run"). No parameters.
+  the temporal model to see motion (docs/shapes_motion_study.md). No parameters.
   """
   mode: str = "cascade"
   num_queries: int = 256

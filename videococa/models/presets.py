@@ -11,11 +11,12 @@ import ml_collections
 from videococa.errors import UserError
 
 
-def _coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, image_size: int,
-          patch_size: int, vocab_size: int, max_len: int, num_queries: int, embed_dim: int,
-          text_width: int | None = None, text_mlp_dim: int | None = None,
-          text_heads: int | None = None, pooler_positions: str = "none"
-          ) -> ml_collections.ConfigDict:
+def coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, image_size: int,
+         patch_size: int, vocab_size: int, max_len: int, num_queries: int, embed_dim: int,
+         text_width: int | None = None, text_mlp_dim: int | None = None,
+         text_heads: int | None = None, pooler_positions: str = "none"
+         ) -> ml_collections.ConfigDict:
+  """CoCa with the paper's layout (cascade poolers, exact CLS mask); sizes as arguments."""
   text_width = text_width or width
   text_mlp_dim = text_mlp_dim or mlp_dim
   text_heads = text_heads or heads
@@ -115,22 +116,17 @@ def _openclip_common(mlp_act: str) -> dict:
 
 PRESETS = {
     # For tests and smoke runs: compiles in seconds on a CPU.
-    "coca_tiny": lambda: _coca(width=32, depth=2, mlp_dim=64, heads=2, text_depth=1, image_size=32,
-                               patch_size=8, vocab_size=64, max_len=12, num_queries=8,
-                               embed_dim=32),
-    # The embedded shapes_video runs (./run.sh): 64x64 frames, 8x8 patches; ~2M parameters. The
-    # poolers see sin-cos positions: captions name positions and motion is a change of position.
-    "coca_shapes": lambda: _coca(width=128, depth=4, mlp_dim=512, heads=4, text_depth=2,
-                                 image_size=64, patch_size=8, vocab_size=256, max_len=24,
-                                 num_queries=32, embed_dim=128, pooler_positions="sincos2d"),
+    "coca_tiny": lambda: coca(width=32, depth=2, mlp_dim=64, heads=2, text_depth=1, image_size=32,
+                              patch_size=8, vocab_size=64, max_len=12, num_queries=8,
+                              embed_dim=32),
     # CoCa-Base: ViT-B/18 at 288px, 12 + 12 decoder layers, 383M parameters.
-    "coca_base": lambda: _coca(width=768, depth=12, mlp_dim=3072, heads=12, text_depth=12,
-                               image_size=288, patch_size=18, vocab_size=64_000, max_len=64,
-                               num_queries=256, embed_dim=768),
+    "coca_base": lambda: coca(width=768, depth=12, mlp_dim=3072, heads=12, text_depth=12,
+                              image_size=288, patch_size=18, vocab_size=64_000, max_len=64,
+                              num_queries=256, embed_dim=768),
     # CoCa-Large: ViT-L/18 at 288px, decoder width 1024, 787M parameters.
-    "coca_large": lambda: _coca(width=1024, depth=24, mlp_dim=4096, heads=16, text_depth=12,
-                                image_size=288, patch_size=18, vocab_size=64_000, max_len=64,
-                                num_queries=256, embed_dim=1024),
+    "coca_large": lambda: coca(width=1024, depth=24, mlp_dim=4096, heads=16, text_depth=12,
+                               image_size=288, patch_size=18, vocab_size=64_000, max_len=64,
+                               num_queries=256, embed_dim=1024),
     # open_clip's model_configs/coca_ViT-B-32.json (attn_pooler_heads from its vision_cfg).
     "openclip_coca_vit_b32": lambda: openclip_coca(
         embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_depth=12,

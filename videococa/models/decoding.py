@@ -12,7 +12,7 @@ log-probabilities under the model (untempered, unfiltered; pad excluded) of the 
 including EOS, divided for beam search by the GNMT length penalty `((5 + length) / 6) ** alpha`.
 
 Everything is batch-major: jitted with batch-sharded `caption_tokens` inside
-`videococa.sharding.use_mesh(mesh)`, the loop runs sharded over the mesh's batch axes.
+`videococa.train.sharding.use_mesh(mesh)`, the loop runs sharded over the mesh's batch axes.
 
   generate_fn = jax.jit(functools.partial(decoding.generate, model, max_new_tokens=20,
                                           method="beam", beam_size=4))

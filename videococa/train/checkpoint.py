@@ -31,7 +31,6 @@ Guarantees (orbax-checkpoint 0.12.x):
 """
 import json
 import os
-import time
 from typing import Any
 
 from absl import logging
@@ -40,40 +39,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from videococa.errors import MissingPathError, UserError
+from videococa.train import sharding
 
 PyTree = Any
-# Test hook (tests/test_fault_tolerance.py): seconds to sleep after a checkpoint's files are written
-# and before orbax commits it (the rename of `<step>.orbax-checkpoint-tmp`), so that a test can
-# kill the process in the middle of a checkpoint write. Unset (the default) changes nothing.
-COMMIT_DELAY_ENV = "VIDEOCOCA_TEST_CHECKPOINT_COMMIT_DELAY_S"
-
-
-def _install_commit_delay() -> None:
-  """Applies `COMMIT_DELAY_ENV` (once per process) to orbax's atomic rename."""
-  delay = float(os.environ.get(COMMIT_DELAY_ENV) or 0)
-  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
-  cls = atomicity.AtomicRenameTemporaryPath
-  if delay <= 0 or getattr(cls.finalize, "_videococa_delayed", False):
-    return
-  finalize = cls.finalize
-
-  def delayed(self, *args, **kwargs):
-    logging.warning("%s=%s: sleeping before committing %s.", COMMIT_DELAY_ENV, delay, self)
-    time.sleep(delay)
-    return finalize(self, *args, **kwargs)
-
-  delayed._videococa_delayed = True  # pylint: disable=protected-access
-  cls.finalize = delayed
-
-
-def _path_str(path) -> str:
-  """`('params', 'enc', 'kernel')`-like jax key path -> 'params/enc/kernel'."""
-  # DictKey and FlattenedIndexKey have .key, GetAttrKey (namedtuples, dataclasses) .name,
-  # SequenceKey .idx.
-  return "/".join(next(str(getattr(k, a)) for a in ("key", "name", "idx") if hasattr(k, a))
-                  for k in path)
-
-
 def _stored_shape(x: jax.ShapeDtypeStruct) -> tuple[int, ...]:
   """Shape as stored on disk: typed PRNG keys are stored as their key data."""
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -105,8 +73,6 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_decision_policy=policy, create=True,
         cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
-    if os.environ.get(COMMIT_DELAY_ENV):
-      _install_commit_delay()
     self._manager = ocp.CheckpointManager(
         directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
@@ -163,14 +129,14 @@ class Checkpointer:
     """
     step = self._step_or_raise(step)
     stored = self._manager.item_metadata(step)["state"]
-    found = {_path_str(p): tuple(m.shape)
+    found = {sharding.path_str(p): tuple(m.shape)
              for p, m in jax.tree_util.tree_flatten_with_path(stored.tree)[0]}
     expected = {}
     for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
       if getattr(x, "sharding", None) is None:
-        raise ValueError(f"abstract_state leaf {_path_str(p)} has no sharding; build it as "
+        raise ValueError(f"abstract_state leaf {sharding.path_str(p)} has no sharding; build it as "
                          "jax.ShapeDtypeStruct(shape, dtype, sharding=...) for the target mesh.")
-      expected[_path_str(p)] = _stored_shape(x)
+      expected[sharding.path_str(p)] = _stored_shape(x)
     problems = [f"{k} (shape {v}) is missing from the checkpoint" if k not in found else
                 f"{k} has shape {found[k]} in the checkpoint but the model expects {v}"
                 for k, v in expected.items() if found.get(k) != v]
@@ -230,7 +196,7 @@ def load_params(path: str, step: int | None = None,
   root = os.path.abspath(_checkpoint_root(path))
   if not os.path.isdir(root):
     raise MissingPathError(f"No checkpoint directory at {path}; pass a training --workdir, its "
-                           "checkpoints/ folder, or a directory written by videococa.convert.")
+                           "checkpoints/ folder, or a directory written by videococa.tools.convert.")
   manager = ocp.CheckpointManager(root, item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
   try:

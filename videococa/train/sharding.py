@@ -96,7 +96,8 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
 
 
-def _path_keys(path) -> tuple[str, ...]:
+def path_keys(path) -> tuple[str, ...]:
+  """A jax key path (DictKey, GetAttrKey, SequenceKey, ...) as a tuple of strings."""
   return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
@@ -110,11 +111,11 @@ def matching_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh)
   by_path = {}
   for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
                           jax.tree_util.tree_leaves(param_shardings)):
-    by_path[_path_keys(path)] = (np.shape(p), s)
+    by_path[path_keys(path)] = (np.shape(p), s)
   replicated = NamedSharding(mesh, P())
 
   def pick(path, leaf):
-    keys = _path_keys(path)
+    keys = path_keys(path)
     for start in range(len(keys)):
       hit = by_path.get(keys[start:])
       if hit is not None and hit[0] == np.shape(leaf):
@@ -149,9 +150,26 @@ def path_matches(path_str: str, patterns: Sequence[str]) -> bool:
   return any(re.search(p, path_str) for p in patterns)
 
 
+def path_str(path) -> str:
+  """A jax key path as a '/'-joined string: 'params/encoder/kernel'."""
+  return "/".join(path_keys(path))
+
+
+def local_batch_size(batch_size: int, mesh: Mesh, field: str = "config.input.batch_size") -> int:
+  """This process's share of the global `batch_size`; checks that it splits evenly over the mesh's
+  data-parallel axes and the processes (`field` names the config field in the error)."""
+  dp, processes = data_parallel_size(mesh), jax.process_count()
+  multiple = math.lcm(dp, processes)
+  if not isinstance(batch_size, int) or batch_size <= 0 or batch_size % multiple:
+    raise UserError(f"{field}={batch_size!r} is not a positive multiple of the data-parallel size "
+                    f"{dp} (mesh data x fsdp = {dict(mesh.shape)}) and of the {processes} "
+                    f"processes; use a multiple of {multiple}.")
+  return batch_size // processes
+
+
 def tree_paths(tree: Any) -> Any:
   """A tree of '/'-joined key paths, same structure as `tree`."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: "/".join(_path_keys(path)), tree)
+  return jax.tree_util.tree_map_with_path(lambda path, _: path_str(path), tree)
 
 
 @contextlib.contextmanager

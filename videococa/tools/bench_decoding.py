@@ -1,6 +1,6 @@
 r"""Decoding speed: captions/s of KV-cached vs uncached greedy decoding on this machine.
 
-  python -m videococa.bench_decoding [--batch_size=64] [--new_tokens=30] [--preset=coca_tiny] \
+  python -m videococa.tools.bench_decoding [--batch_size=64] [--new_tokens=30] [--preset=coca_tiny] \
       [--max_len=32] [--repeats=10]
 
 Random parameters (text side only: decoding never runs the visual towers) and random captioning
@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videococa import decoding
-from videococa.models import coca, presets
+from videococa.models import coca, decoding, presets
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Captions per batch.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 30, "Tokens generated per caption.")

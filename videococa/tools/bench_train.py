@@ -1,6 +1,6 @@
 r"""Train-step throughput: samples/s, TFLOP per step, MFU, and the ratio to open_clip's CoCa.
 
-  python -m videococa.bench_train --preset=openclip_coca_vit_b32 --batch_size=256 [--steps=20]
+  python -m videococa.tools.bench_train --preset=openclip_coca_vit_b32 --batch_size=256 [--steps=20]
       [--dtype=bfloat16] [--remat=none] [--attention=auto] [--fsdp=1]
 
 Random data, AdamW, the model of a `videococa/models/presets.py` preset, compiled with the same
@@ -15,8 +15,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from videococa import config_utils, inputs, sharding, trainer as trainer_lib
+from videococa import config_utils
+from videococa.data import inputs
 from videococa.models import presets
+from videococa.train import sharding, trainer as trainer_lib
 
 # open_clip 3.3.0, torch 2.11, one H100 80GB: (samples/s, batch) per preset.
 OPENCLIP_H100 = {"openclip_coca_vit_b32": (919.0, 256), "openclip_coca_vit_l14": (304.0, 128)}
@@ -42,7 +44,7 @@ def benchmark(preset: str, batch_size: int, steps: int, dtype: str, remat: str, 
   trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
   state = trainer.init_state()
   model = config.model
-  local = inputs.local_batch_size(batch_size, trainer.mesh)
+  local = sharding.local_batch_size(batch_size, trainer.mesh)
   batch = sharding.put_batch(inputs.random_batch(
       np.random.default_rng(0), local, 1, model.vision.image_size, model.max_len + 1,
       model.vocab_size), trainer.mesh)

@@ -1,11 +1,39 @@
 """CoCa losses: symmetric contrastive (InfoNCE), chunked captioning cross-entropy, and the
-verb-phrase loss of Momeni et al. 2023."""
+registry of extra loss terms that projects add (`register_term`)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+
+from videococa.errors import UserError
+
+LossTerm = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+_TERMS: dict[str, LossTerm] = {}
+
+
+def register_term(name: str):
+  """Decorator registering an extra loss term under `name`.
+
+  A term is `fn(outputs, **kwargs) -> (loss [], metrics)`, where `outputs` is the model's output
+  dict (`image_emb`, `text_emb`, `logit_scale`, `hidden`) plus `<key>_emb` `[batch, K, dim]` for
+  every extra text set `key` of the batch (`config.input.extra_texts`). `config.loss.terms =
+  {name: dict(weight=w, **kwargs)}` adds `w * loss` to the CoCa loss.
+  """
+  def decorator(fn: LossTerm) -> LossTerm:
+    if name in _TERMS:
+      raise ValueError(f"Loss term {name!r} is registered twice.")
+    _TERMS[name] = fn
+    return fn
+  return decorator
+
+
+def get_term(name: str) -> LossTerm:
+  if name not in _TERMS:
+    raise UserError(f"config.loss.terms.{name}: no loss term {name!r} is registered (known: "
+                    f"{sorted(_TERMS)}); list the module that registers it in config.extensions.")
+  return _TERMS[name]
 
 
 def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
@@ -40,22 +68,6 @@ def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax
   accuracy = 0.5 * ((jnp.argmax(logits, 1) == labels).mean() + t2i_accuracy)
   return loss, dict(metrics, contrastive_loss=loss, contrastive_accuracy=accuracy,
                     temperature=1.0 / logit_scale)
-
-
-def verb_phrase_loss(image_emb: jax.Array, phrase_emb: jax.Array, logit_scale: jax.Array
-                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Each clip picks its caption's verb phrase among K (Momeni et al. 2023, "Verbs in Action").
-
-  `image_emb` `[batch, dim]` and `phrase_emb` `[batch, K, dim]` L2-normalised; phrase 0 of clip i
-  is its caption's verb phrase ("slides left"), phrases 1..K-1 the same phrase for other verbs
-  ("slides right", ...). Returns (mean K-way cross-entropy of the logits `logit_scale * cos`
-  with target 0, metrics).
-  """
-  logits = logit_scale * jnp.einsum("id,ikd->ik", image_emb.astype(jnp.float32),
-                                    phrase_emb.astype(jnp.float32))
-  loss = (jax.nn.logsumexp(logits, axis=1) - logits[:, 0]).mean()
-  accuracy = (jnp.argmax(logits, axis=1) == 0).mean()
-  return loss, dict(verb_phrase_loss=loss, verb_phrase_accuracy=accuracy)
 
 
 def caption_loss(hidden: jax.Array, labels: jax.Array, weights: jax.Array,
@@ -105,27 +117,27 @@ def caption_loss(hidden: jax.Array, labels: jax.Array, weights: jax.Array,
 
 def coca_loss(outputs: dict[str, jax.Array], labels: jax.Array, weights: jax.Array,
               logits_fn: Callable[[jax.Array], jax.Array], *, contrastive_weight: float = 1.0,
-              caption_weight: float = 2.0, verb_phrase_weight: float = 1.0,
-              chunk_len: int = 16, label_smoothing: float = 0.0
+              caption_weight: float = 2.0, chunk_len: int = 16, label_smoothing: float = 0.0,
+              terms: Mapping[str, Mapping[str, Any]] | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`contrastive_weight * contrastive + caption_weight * captioning` (CoCa: 1.0 and 2.0), plus
-  `verb_phrase_weight * verb_phrase_loss` when `outputs` has `phrase_emb`.
+  `weight * term` for every registered extra term in `terms` (`{name: dict(weight=, **kwargs)}`).
 
-  `outputs`: the model's (image_emb, text_emb, logit_scale, hidden), plus `negative_emb` `[batch,
-  K, dim]` when training with hard-negative texts and `phrase_emb` `[batch, K', dim]` with verb
-  phrases."""
+  `outputs`: the model's (image_emb, text_emb, logit_scale, hidden), plus `negatives_emb` `[batch,
+  K, dim]` when training with hard-negative texts and the other `<key>_emb` the terms read."""
   loss, metrics = contrastive_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"],
-                                   outputs.get("negative_emb"))
+                                   outputs.get("negatives_emb"))
   loss = contrastive_weight * loss
   if caption_weight and "hidden" in outputs:
     cap, cap_metrics = caption_loss(outputs["hidden"], labels, weights, logits_fn,
                                     chunk_len=chunk_len, label_smoothing=label_smoothing)
     loss = loss + caption_weight * cap
     metrics.update(cap_metrics)
-  if "phrase_emb" in outputs:
-    phrase, phrase_metrics = verb_phrase_loss(outputs["image_emb"], outputs["phrase_emb"],
-                                              outputs["logit_scale"])
-    loss = loss + verb_phrase_weight * phrase
-    metrics.update(phrase_metrics)
+  for name, term_config in (terms or {}).items():
+    kwargs = dict(term_config)
+    weight = kwargs.pop("weight", 1.0)
+    term_loss, term_metrics = get_term(name)(outputs, **kwargs)
+    loss = loss + weight * term_loss
+    metrics.update(term_metrics)
   metrics["loss"] = loss
   return loss, metrics

@@ -18,8 +18,10 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from videococa import losses, optim, sharding
+from videococa import extensions
 from videococa.errors import UserError
+from videococa.models import coca
+from videococa.train import losses, optim, sharding
 
 # bf16 dense peak per chip (TFLOP/s), matched against `device_kind`, for MFU.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
@@ -30,7 +32,6 @@ class TrainState(struct.PyTreeNode):
   step: jax.Array
   params: Any
   opt_state: Any
-  rng: jax.Array
   nonfinite_streak: jax.Array  # Consecutive skipped (non-finite) steps.
   nonfinite_total: jax.Array
 
@@ -70,11 +71,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """uint8 frames -> [-1, 1] floats (on device: 4x less host->device traffic); text input tokens."""
-  frames = batch["frames"]
-  if frames.dtype == jnp.uint8:
-    frames = frames.astype(jnp.float32) / 127.5 - 1.0
-  return frames, batch["text"][:, :-1]
+  """Frames in [-1, 1] (`coca.to_unit_range`) and the text input tokens of a batch."""
+  return coca.to_unit_range(batch["frames"]), batch["text"][:, :-1]
 
 
 def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:
@@ -92,14 +90,13 @@ class Trainer:
   (`stage` indexes `optim.stages(config)`: which parameters are frozen)."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, stage: int = 0):
+    extensions.load(config)
     check_config(config)
     self.config = config
     self.mesh = mesh
     self.model = load_model_module(config.model_name).Model(**config.model)
-    size = config.model.vision.image_size
-    frames_shape = (sharding.data_parallel_size(mesh), config.input.num_frames, size, size, 3)
-    self._dummy = (jnp.zeros(frames_shape, jnp.float32),
-                   jnp.zeros((frames_shape[0], config.model.max_len), jnp.int32))
+    self._dummy = coca.init_inputs(config.model, sharding.data_parallel_size(mesh),
+                                   config.input.num_frames)
     with self.mesh_context():
       boxed = jax.eval_shape(self._init_params, jax.random.key(0))
     self.param_shardings = sharding.logical_shardings(boxed, mesh)
@@ -115,7 +112,7 @@ class Trainer:
         step=replicated, params=self.param_shardings,
         opt_state=sharding.matching_shardings(abstract_opt, self.abstract_params,
                                               self.param_shardings, mesh),
-        rng=replicated, nonfinite_streak=replicated, nonfinite_total=replicated)
+        nonfinite_streak=replicated, nonfinite_total=replicated)
     self._compiled_step = None
 
   def mesh_context(self):
@@ -132,12 +129,11 @@ class Trainer:
                         shapes, self.state_shardings)
 
   def _init_state(self, rng) -> TrainState:
-    init_rng, state_rng = jax.random.split(rng)
-    return self._state_from_params(nn.unbox(self._init_params(init_rng)), state_rng)
+    return self._state_from_params(nn.unbox(self._init_params(rng)))
 
-  def _state_from_params(self, params, rng) -> TrainState:
+  def _state_from_params(self, params) -> TrainState:
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=self.tx.init(params), rng=rng,
+    return TrainState(step=zero, params=params, opt_state=self.tx.init(params),
                       nonfinite_streak=zero, nonfinite_total=zero)
 
   def init_state(self, params: Any | None = None) -> TrainState:
@@ -150,41 +146,36 @@ class Trainer:
     with self.mesh_context():
       if params is None:
         return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
-      _, state_rng = jax.random.split(rng)
-      return jax.jit(self._state_from_params, out_shardings=self.state_shardings)(params, state_rng)
+      return jax.jit(self._state_from_params, out_shardings=self.state_shardings)(params)
 
   def continue_from(self, state: TrainState) -> TrainState:
-    """A state of another stage (another frozen set) carried into this one: same parameters, step,
-    RNG and counters, with a fresh optimizer state for this stage's trainable parameters."""
+    """A state of another stage (another frozen set) carried into this one: same parameters, step
+    and counters, with a fresh optimizer state for this stage's trainable parameters."""
     fresh = self.init_state(params=state.params)
-    return fresh.replace(step=state.step, rng=state.rng, nonfinite_streak=state.nonfinite_streak,
+    return fresh.replace(step=state.step, nonfinite_streak=state.nonfinite_streak,
                          nonfinite_total=state.nonfinite_total)
 
   def loss_fn(self, params, batch):
-    """Total CoCa loss and metrics for a batch (`frames`, `text` `[batch, max_len + 1]`, optional
-    `negatives` `[batch, K, max_len + 1]`: hard-negative texts of each example, optional `phrases`
-    `[batch, K', len]`: verb phrases of each example, its caption's first)."""
+    """Total CoCa loss and metrics for a batch: `frames`, `text` `[batch, max_len + 1]`, and one
+    `[batch, K, len]` array per extra text set of `config.input.extra_texts` (e.g. `negatives`,
+    the contrastive loss's hard-negative texts of each example; the loss terms read the others)."""
     cfg = self.config.loss
     # Frozen sub-trees: no gradient is computed for them at all.
     params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen)
     frames, text_in = model_inputs(batch)
     outputs = self.model.apply({"params": params}, frames, text_in)
-    # Extra texts per example (the last token is only a target, as in `text`): hard-negative
-    # captions `negatives` [batch, K, max_len + 1], verb phrases `phrases` [batch, K', len].
-    for key, out in (("negatives", "negative_emb"), ("phrases", "phrase_emb")):
-      if key in batch:
-        texts = batch[key][..., :-1]
-        emb, _ = self.model.apply({"params": params}, texts.reshape(-1, texts.shape[-1]),
-                                  method="encode_text")
-        outputs[out] = emb.reshape(*texts.shape[:2], -1)
+    # Extra texts are encoded as captions are (their last token is only a target, as in `text`).
+    for key in self.config.input.get("extra_texts", {}):
+      texts = batch[key][..., :-1]
+      emb, _ = self.model.apply({"params": params}, texts.reshape(-1, texts.shape[-1]),
+                                method="encode_text")
+      outputs[f"{key}_emb"] = emb.reshape(*texts.shape[:2], -1)
     labels = batch["text"][:, 1:]
     logits_fn = lambda h: self.model.apply({"params": params}, h, method="logits")  # noqa: E731
     return losses.coca_loss(outputs, labels, labels != self.config.model.text.pad_id, logits_fn,
                             contrastive_weight=cfg.contrastive_weight,
-                            caption_weight=cfg.caption_weight,
-                            verb_phrase_weight=cfg.verb_phrase_weight,
-                            chunk_len=cfg.vocab_chunk_len,
-                            label_smoothing=cfg.label_smoothing)
+                            caption_weight=cfg.caption_weight, chunk_len=cfg.vocab_chunk_len,
+                            label_smoothing=cfg.label_smoothing, terms=cfg.get("terms"))
 
   def _train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     (_, metrics), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, batch)
@@ -193,11 +184,14 @@ class Trainer:
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     # A non-finite loss or gradient skips the update: params and optimizer state stay as they were.
+    # Not optax.apply_if_finite: it checks the gradient only, applies the update anyway after its
+    # max_consecutive_errors (the loop stops the run instead), and keeps its counters in the
+    # optimizer state, which a change of training stage (`continue_from`) re-initialises.
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa
     skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(
         step=state.step + 1, params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state), rng=jax.random.fold_in(state.rng, state.step),
+        opt_state=keep(opt_state, state.opt_state),
         nonfinite_streak=(state.nonfinite_streak + 1) * skipped,
         nonfinite_total=state.nonfinite_total + skipped)
     metrics.update(grad_norm=grad_norm, learning_rate=self.schedule(state.step),

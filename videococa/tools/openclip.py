@@ -28,7 +28,6 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
@@ -256,10 +255,8 @@ def expected_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
 @functools.lru_cache(maxsize=16)
 def _expected_shapes(config_json: str) -> dict[tuple[str, ...], tuple[int, ...]]:
   config = json.loads(config_json)
-  size = config["vision"]["image_size"]
   variables = jax.eval_shape(coca.Model(**config).init, jax.random.key(0),
-                             jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-                             jax.ShapeDtypeStruct((1, config["max_len"]), jnp.int32))
+                             *coca.init_inputs(config))
   flat = traverse_util.flatten_dict(nn.unbox(variables)["params"])
   return {path: tuple(x.shape) for path, x in flat.items()}
 

@@ -19,22 +19,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from videococa import sharding
+from videococa.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from videococa.errors import UserError
+from videococa.train import sharding
 
-PAD_ID, BOS_ID, EOS_ID, FIRST_WORD_ID = 0, 2, 3, 4
-
-
-def local_batch_size(global_batch: int, mesh: Mesh) -> int:
-  """This process's share of the global batch; checks it splits evenly over the mesh."""
-  dp = sharding.data_parallel_size(mesh)
-  if global_batch % dp:
-    raise UserError(f"config.input.batch_size={global_batch} is not divisible by the data-parallel "
-                    f"size {dp} (mesh data x fsdp = {dict(mesh.shape)}); use a multiple of {dp}.")
-  if global_batch % jax.process_count():
-    raise UserError(f"config.input.batch_size={global_batch} is not divisible by the "
-                    f"{jax.process_count()} processes.")
-  return global_batch // jax.process_count()
+FIRST_WORD_ID = EOS_ID + 1  # Random words: any id after the special tokens.
 
 
 def random_batch(rng: np.random.Generator, batch: int, num_frames: int, image_size: int,
@@ -55,13 +44,11 @@ def random_batches(config: ml_collections.ConfigDict, rows: np.ndarray, start_st
                    ) -> Iterator[dict[str, np.ndarray]]:
   """Endless random batches of the global-batch `rows` (e.g. `sharding.process_batch_rows`).
 
-  Row i of step s is drawn from the seed (config.seed, s, i) alone; with `config.input.fixed` the
-  same batch every step (overfit test).
+  Row i of step s is drawn from the seed (config.seed, s, i) alone.
   """
   model = config.model
   for step in itertools.count(start_step):
-    step_seed = 0 if config.input.get("fixed", False) else step
-    examples = [random_batch(np.random.default_rng([config.seed, step_seed, int(row)]), 1,
+    examples = [random_batch(np.random.default_rng([config.seed, step, int(row)]), 1,
                              config.input.num_frames, model.vision.image_size, model.max_len + 1,
                              model.vocab_size) for row in rows]
     yield {k: np.concatenate([e[k] for e in examples]) for k in examples[0]}
@@ -93,7 +80,7 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
 def make_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, start_step: int,
                         workdir: str) -> Iterator[dict[str, jax.Array]]:
   """Global training batches from `start_step` on, as arrays sharded over the mesh's batch axes."""
-  local_batch = local_batch_size(config.input.batch_size, mesh)
+  local_batch = sharding.local_batch_size(config.input.batch_size, mesh)
   source = config.input.source
   if source == "random":
     rows = sharding.process_batch_rows(mesh, config.input.batch_size)

@@ -1,7 +1,7 @@
 r"""A static report of a job: training curves, evaluator results beside their chance levels and
 baselines, confusion matrices and example captions, as `index.html` + `report.md` + PNGs.
 
-  python -m videococa.report --job_dir=JOB --stage="Image CoCa=image_coca" \
+  python -m videococa.tools.report --job_dir=JOB --stage="Image CoCa=image_coca" \
       --stage="VideoCoCa=video_coca"
 
 Reads what training and the evaluators (`videococa.evaluators.run_all`) write into each stage's
@@ -85,25 +85,25 @@ COUNT_KEYS = ("num_examples", "num_videos", "num_captions", "num_texts")  # Firs
 BASELINE_KEYS = {"baseline_most_common": "most common caption", "baseline": "baseline"}
 EXAMPLE_IMAGE_KEYS = ("frames", "frames_png")  # Key of an example's frame strip PNG path.
 
-# Training curves: one subplot per (title, scalars), drawn when any of its scalars was logged.
+# Training curves: one subplot per (title, scalars), drawn when any of its scalars was logged;
+# a scalar with '*' stands for every logged scalar it matches (e.g. the extra loss terms').
 TRAIN_PANELS = (
-    ("loss", ("loss", "contrastive_loss", "caption_loss")),
-    ("accuracy", ("contrastive_accuracy", "caption_accuracy", "hard_negative_accuracy",
-                  "verb_phrase_accuracy")),
+    ("loss", ("loss", "contrastive_loss", "caption_loss", "*_loss")),
+    ("accuracy", ("contrastive_accuracy", "caption_accuracy", "*_accuracy")),
     ("temperature", ("temperature",)),
     ("learning rate", ("learning_rate",)),
     ("gradient norm", ("grad_norm",)),
     ("throughput (samples/s)", ("samples_per_s",)),
 )
-# Training summary columns: (label, scalar, reduction over the logged values).
+# Training summary columns: (label, scalar, reduction over the logged values); a scalar with '*'
+# gives a column per logged scalar it matches, its label formatted with the '*' part.
 TRAIN_SUMMARY: tuple[tuple[str, str, Callable[[list[float]], float]], ...] = (
     ("final loss", "loss", lambda v: v[-1]),
     ("final contrastive loss", "contrastive_loss", lambda v: v[-1]),
     ("final caption loss", "caption_loss", lambda v: v[-1]),
     ("final contrastive acc.", "contrastive_accuracy", lambda v: v[-1]),
     ("final caption acc.", "caption_accuracy", lambda v: v[-1]),
-    ("final hard-negative acc.", "hard_negative_accuracy", lambda v: v[-1]),
-    ("final verb-phrase acc.", "verb_phrase_accuracy", lambda v: v[-1]),
+    ("final {} acc.", "*_accuracy", lambda v: v[-1]),
     ("final temperature", "temperature", lambda v: v[-1]),
     ("median samples/s", "samples_per_s", lambda v: float(np.median(v))),
     ("median step time (s)", "step_time_s", lambda v: float(np.median(v))),
@@ -305,9 +305,28 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
   return [p[0] for p in points], [p[1] for p in points]
 
 
+def _expand(keys: Sequence[str], records: list[dict]) -> list[tuple[str, str]]:
+  """(key, its '*' part) for the logged scalars `keys` name, in order, each once; a pattern with
+  '*' matches every logged scalar not named elsewhere in `keys`."""
+  logged = sorted({k for r in records for k in r})
+  out, seen = [], set()
+  for key in keys:
+    if "*" in key:
+      prefix, suffix = key.split("*", 1)
+      matches = [(k, k[len(prefix):len(k) - len(suffix)]) for k in logged
+                 if k.startswith(prefix) and k.endswith(suffix) and k not in keys]
+    else:
+      matches = [(key, key)]
+    for k, part in matches:
+      if k not in seen and _series(records, k)[0]:
+        seen.add(k)
+        out.append((k, part))
+  return out
+
+
 def training_curves(records: list[dict], out_dir: str, file: str) -> str | None:
   """Plots `TRAIN_PANELS` over steps; returns the PNG file, or None if nothing was logged."""
-  panels = [(title, [k for k in keys if _series(records, k)[0]]) for title, keys in TRAIN_PANELS]
+  panels = [(title, [k for k, _ in _expand(keys, records)]) for title, keys in TRAIN_PANELS]
   panels = [(title, keys) for title, keys in panels if keys]
   if not panels:
     return None
@@ -413,16 +432,26 @@ def results_section(stage_evals: dict[str, dict[str, dict]]) -> list:
 
 def training_summary_section(stage_records: dict[str, list[dict]]) -> list:
   """One row per stage: last step and `TRAIN_SUMMARY` of its train scalars."""
+  trains = {stage: [r for r in records if r.get("prefix", "train") == "train"]
+            for stage, records in stage_records.items()}
+  every = [r for train in trains.values() for r in train]
+  columns = []  # (label, key, reduce), the '*' columns expanded over every stage's scalars.
+  for label, key, reduce in TRAIN_SUMMARY:
+    if "*" in key:
+      fixed = [k for _, k, _ in TRAIN_SUMMARY if "*" not in k]
+      columns += [(label.format(part.replace("_", "-")), k, reduce)
+                  for k, part in _expand([key], every) if k not in fixed]
+    else:
+      columns.append((label, key, reduce))
   rows = []
-  for stage, records in stage_records.items():
-    train = [r for r in records if r.get("prefix", "train") == "train"]
+  for stage, train in trains.items():
     cells = [stage, fmt(max((r["step"] for r in train), default=None))]
-    for _, key, reduce in TRAIN_SUMMARY:
+    for _, key, reduce in columns:
       values = _series(train, key)[1]
       cells.append(fmt(reduce(values)) if values else "n/a")
     rows.append(cells)
   return [Heading(2, "Training summary"),
-          Table(["stage", "last step"] + [label for label, _, _ in TRAIN_SUMMARY], rows)]
+          Table(["stage", "last step"] + [label for label, _, _ in columns], rows)]
 
 
 def extra_tables_section(extra_tables: dict[str, list[dict]]) -> list:

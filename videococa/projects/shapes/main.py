@@ -1,14 +1,14 @@
 r"""The main job behind `./run.sh`: VideoCoCa end to end on the embedded shapes_video data.
 
-  python -m videococa.main [--workdir=workdir] [--quick]   # ./run.sh [--quick]
-  python -m videococa.main study [--workdir=workdir]       # ./run.sh study
+  python -m videococa.projects.shapes.main [--workdir=workdir] [--quick]   # ./run.sh [--quick]
+  python -m videococa.projects.shapes.main study [--workdir=workdir]       # ./run.sh study
 
 Stages (each skipped when its output exists, so a re-run resumes where it stopped):
   1. build shapes_video (video and image views) if absent;
   2. train a SentencePiece tokenizer on their training captions -> JOB/tokenizer.model;
-  3. pretrain an image CoCa on the image view (configs/coca.py:shapes_image) -> JOB/image_coca;
-  4. inflate it into a VideoCoCa (python -m videococa.convert inflate) -> JOB/video_init_<variant>;
-  5. train the VideoCoCa (configs/videococa.py:shapes; attentional pooler with temporal
+  3. pretrain an image CoCa on the image view (configs/proj/shapes/coca_image.py) -> JOB/image_coca;
+  4. inflate it into a VideoCoCa (python -m videococa.tools.convert inflate) -> JOB/video_init_<variant>;
+  5. train the VideoCoCa (configs/proj/shapes/videococa.py; attentional pooler with temporal
      embeddings, LiT) -> JOB/video_coca, then zero-shot evals on the held-out `test` compositions;
   6. write the report -> JOB/report/index.html (+ report.md, PNGs).
 `study` trains the four video variants with the same budget (`STUDY_VIDEO_STEPS` each) after
@@ -23,14 +23,16 @@ import time
 from absl import app, flags, logging
 import ml_collections
 
-from videococa import checkpoint, config_utils, convert, errors, evaluate, report, train
-from videococa.metric_writer import console
+from videococa import cli, config_utils
+from videococa.tools import convert, evaluate, report
+from videococa.train import checkpoint, loop as train
+from videococa.train.metric_writer import console
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory of the job's outputs.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke-test size: small data, few steps.")
 
-IMAGE_CONFIG = "configs/coca.py:shapes_image"
-VIDEO_CONFIG = "configs/videococa.py:shapes,video={variant},mode=lit"
+IMAGE_CONFIG = "configs/proj/shapes/coca_image.py"
+VIDEO_CONFIG = "configs/proj/shapes/videococa.py:video={variant},mode=lit"
 VARIANTS = ("attentional_pooler", "factorized", "joint_space_time", "mean_pool")
 TOKENIZER_VOCAB = 256
 QUICK_DATA = dict(num_train=256, num_validation=32, num_test=64)  # shapes_video sizes, --quick.
@@ -194,4 +196,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  cli.run(main)

@@ -1,13 +1,15 @@
 """Optimizers (AdamW, Adafactor), learning-rate schedules, weight-decay masks and frozen sub-trees.
 
-Weight decay is decoupled in the AdamW sense for both optimizers: the update is
+Adafactor (`name='adafactor'`) is CoCa's: factored second moments with decay
+`min(b2, 1 - (t + 1)^-adafactor_decay_rate)` and `eps` added to the squared gradients (its eps1,
+1e-30), update clipping at RMS 1, momentum `b1`. Weight decay is decoupled in the AdamW sense for both optimizers: the update is
 `-lr * (preconditioned_gradient + weight_decay * param)`, applied only where the mask allows.
 Frozen parameters (regexes over '/'-joined paths) get no optimizer state and a zero update (and the
 trainer computes no gradient for them).
 
 Training modes (`config.training_mode`, VideoCoCa sec. 3.2): 'ft' trains everything; 'lit' freezes
 the image encoder; 'frozen' trains only the poolers (and parameters new to video: temporal
-embeddings, the temporal transformer, the patch skip); 'frozen_ft' is 'frozen' up to step
+embeddings, the temporal transformer, a token adapter); 'frozen_ft' is 'frozen' up to step
 `config.frozen_ft_boundary`, then 'ft'. `config.optimizer.frozen` adds patterns to any mode.
 """
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
-from videococa import sharding
 from videococa.errors import UserError
+from videococa.train import sharding
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -41,6 +44,16 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
+def adafactor_beta2(cap: float):
+  """Adafactor's second-moment decay at step t, `min(cap, 1 - (t + 1)^-exponent)`: the paper's
+  increasing decay, capped at `cap` (`optimizer.b2`; CoCa's beta2 0.999, as in big_vision's
+  `beta2_cap`). Signature of optax's `decay_rate_fn`."""
+  def decay_rate(step, exponent):
+    t = jnp.asarray(step, jnp.float32) + 1.0
+    return jnp.minimum(cap, 1.0 - t ** (-exponent))
+  return decay_rate
+
+
 def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
                     decay_mask: Any) -> optax.GradientTransformation:
   if cfg.name == "adamw":
@@ -48,7 +61,8 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
                        mask=decay_mask)
   if cfg.name == "adafactor":  # CoCa: factored second moments, momentum b1, decoupled decay.
     return optax.chain(
-        optax.scale_by_factored_rms(decay_rate=cfg.adafactor_decay_rate),
+        optax.scale_by_factored_rms(decay_rate=cfg.adafactor_decay_rate, epsilon=cfg.eps,
+                                    decay_rate_fn=adafactor_beta2(cfg.b2)),
         optax.clip_by_block_rms(1.0),
         optax.ema(cfg.b1, debias=False),
         optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
@@ -60,7 +74,7 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
 FROZEN_PATTERNS = {
     "ft": (),
     "lit": (r"^visual/(?!temporal_embedding$)",),
-    "frozen": (r"^(?!(pooling|image_proj|temporal_encoder|patch_skip)/|temporal_embedding$"
+    "frozen": (r"^(?!(pooling|image_proj|temporal_encoder|adapter)/|temporal_embedding$"
                r"|visual/temporal_embedding$)",),
 }
 TRAINING_MODES = ("ft", "lit", "frozen", "frozen_ft")

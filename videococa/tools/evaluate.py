@@ -1,9 +1,9 @@
 r"""Runs the evaluators of `config.evals` on a checkpoint.
 
-  python -m videococa.evaluate --config=configs/coca.py:tiny --workdir=/tmp/w [--checkpoint=STEP]
+  python -m videococa.tools.evaluate --config=configs/coca.py:tiny --workdir=/tmp/w [--checkpoint=STEP]
 
 Reads the parameters of checkpoint STEP (default: the latest) of `WORKDIR` (a training workdir,
-its checkpoints/ folder or a `videococa.convert` output), runs every evaluator of `config.evals`
+its checkpoints/ folder or a `videococa.tools.convert` output), runs every evaluator of `config.evals`
 (see `videococa/evaluators/__init__.py`) and writes `WORKDIR/evals/NAME_step{STEP}.json` (+
 `NAME_latest.json`, example frame strips), TensorBoard scalars `eval/NAME/...` and
 `WORKDIR/metrics.jsonl` lines at the checkpoint's step, then prints a metrics table.
@@ -16,13 +16,13 @@ from absl import app, flags, logging
 import flax.linen as nn
 from flax import traverse_util
 import jax
-import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from videococa import checkpoint, distributed, errors, evaluators, metric_writer, sharding, train
-from videococa import trainer as trainer_lib
+from videococa import cli, errors, evaluators, extensions
 from videococa.evaluators import metrics
+from videococa.models import coca
+from videococa.train import checkpoint, distributed, loop as train, metric_writer, sharding, trainer as trainer_lib
 
 
 def define_flags() -> None:
@@ -39,13 +39,11 @@ def load_params(model, config: ml_collections.ConfigDict, mesh, workdir: str,
                 step: int | None = None) -> tuple[Any, int]:
   """Parameters of checkpoint `step` (latest if None) of `workdir`, sharded as in training (from
   their logical axes), and the checkpoint's step (its meta's 'step'; 0 for parameters-only
-  checkpoints, e.g. from `checkpoint.save_params` or `videococa.convert`)."""
+  checkpoints, e.g. from `checkpoint.save_params` or `videococa.tools.convert`)."""
   params, meta = checkpoint.load_params(workdir, step, sharding=NamedSharding(mesh, P()))
-  size = config.model.vision.image_size
-  frames = jnp.zeros((1, config.input.num_frames, size, size, 3), jnp.float32)
-  tokens = jnp.zeros((1, config.model.max_len), jnp.int32)
+  inputs = coca.init_inputs(config.model, 1, config.input.num_frames)
   with sharding.use_mesh(mesh):
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), frames, tokens)["params"])
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs)["params"])
   expected, found = _shapes(nn.unbox(boxed)), _shapes(params)
   if expected != found:
     problems = sorted(f"{k}: checkpoint {found.get(k)}, model {expected.get(k)}"
@@ -72,6 +70,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   if not config.get("evals"):
     raise errors.UserError("config.evals is empty: add evaluators (see "
                            "videococa/evaluators/__init__.py).")
+  extensions.load(config)
   mesh = sharding.make_mesh(config.mesh)
   model = trainer_lib.load_model_module(config.model_name).Model(**config.model)
   evals = evaluators.build_all(config, model=model, mesh=mesh, workdir=workdir)
@@ -98,4 +97,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config"])
-  errors.run(main)
+  cli.run(main)

@@ -9,7 +9,7 @@ orbax checkpoints to `WORKDIR/checkpoints` (every `config.checkpoint_every` step
 keeping `config.keep_checkpoints`). Re-running the same command continues from the latest complete
 checkpoint with the same step, optimizer state, RNG and data position.
 
-Fault tolerance (see README "Fault tolerance"): SIGTERM stops after the current step with a
+Fault tolerance (docs/fault_tolerance.md): SIGTERM stops after the current step with a
 checkpoint and exit status 0 (multi-process: all processes stop at the same step); a killed run
 resumes exactly; non-finite steps are skipped and counted, and `config.max_consecutive_nonfinite`
 of them in a row stop the run. Bad input (config, paths, checkpoint of another model) exits with
@@ -31,10 +31,10 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from videococa import checkpoint, distributed, errors, evaluators, inputs, metric_writer, optim
-from videococa import sharding
-from videococa import trainer as trainer_lib
-from videococa.metric_writer import console
+from videococa import errors, evaluators, extensions
+from videococa.data import inputs
+from videococa.train import checkpoint, distributed, metric_writer, optim, sharding, trainer as trainer_lib
+from videococa.train.metric_writer import console
 
 
 
@@ -109,7 +109,7 @@ def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]
   if init_from and "://" not in init_from and not os.path.exists(os.path.expanduser(init_from)):
     raise errors.MissingPathError(
         f"config.init_from={config.init_from!r} does not exist; give a training workdir, its "
-        "checkpoints/ folder or a videococa.convert output.")
+        "checkpoints/ folder or a videococa.tools.convert output.")
   state = trainer.init_state()
   if config.get("init_from"):
     module = trainer_lib.load_model_module(config.model_name)
@@ -131,8 +131,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns a summary: `start_step` (0, or the checkpoint step resumed from), `end_step`,
   `resumed` (bool), `preempted` (bool) and the last logged `metrics`.
   """
+  extensions.load(config)
   mesh = sharding.make_mesh(config.mesh)
-  inputs.local_batch_size(config.input.batch_size, mesh)  # Fails early on a bad batch size.
+  sharding.local_batch_size(config.input.batch_size, mesh)  # Fails early on a bad batch size.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  save_interval_steps=config.checkpoint_every,
                                  max_to_keep=config.keep_checkpoints)
@@ -235,9 +236,3 @@ def main(argv):
   train(flags.FLAGS.config, workdir)
   console(f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}\n"
           f"Checkpoints: {os.path.join(workdir, 'checkpoints')}")
-
-
-if __name__ == "__main__":
-  define_flags()
-  flags.mark_flags_as_required(["config"])
-  errors.run(main)

@@ -2,17 +2,17 @@ r"""Converts model checkpoints; the first argument names the conversion.
 
   # open_clip weights (.pt/.pth/.bin state_dict or training checkpoint, or .safetensors) -> a
   # videococa params checkpoint (checkpoint.load_params reads it; its meta has the model config).
-  python -m videococa.convert from_open_clip --model=coca_ViT-B-32 \
+  python -m videococa.tools.convert from_open_clip --model=coca_ViT-B-32 \
       --checkpoint=open_clip_model.safetensors --out=/tmp/coca_b32
 
   # videococa params (a convert output or a training workdir) -> an open_clip state_dict file that
   # open_clip.create_model('coca_ViT-B-32').load_state_dict(torch.load(FILE)) accepts.
-  python -m videococa.convert to_open_clip --model=coca_ViT-B-32 --checkpoint=/tmp/coca_b32 \
+  python -m videococa.tools.convert to_open_clip --model=coca_ViT-B-32 --checkpoint=/tmp/coca_b32 \
       --out=/tmp/coca_b32.pt
 
   # An image CoCa checkpoint -> the VideoCoCa of a config: shared parameters copied, new ones
   # (temporal embeddings / transformer) initialised, ViT positions resized if the image size changed.
-  python -m videococa.convert inflate --from=IMAGE_WORKDIR \
+  python -m videococa.tools.convert inflate --from=IMAGE_WORKDIR \
       --config=configs/videococa.py:shapes,video=factorized --out=/tmp/video_init
 
 `--model` is an open_clip model name (`openclip.OPENCLIP_PRESETS`) or an open_clip model config
@@ -23,10 +23,12 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags, logging
 
-from videococa import checkpoint, config_utils, errors, openclip, trainer
+from videococa import cli, config_utils, errors, extensions
+from videococa.models import coca
+from videococa.tools import openclip
+from videococa.train import checkpoint, trainer
 
 
 def from_open_clip(model: str, checkpoint_path: str, out: str) -> None:
@@ -55,12 +57,11 @@ def inflate(source: str, config_spec: str, out: str) -> dict[str, list[str]]:
   """Image CoCa checkpoint `source` -> params of the model of `config_spec` (a VideoCoCa), saved
   to `out`; prints which parameters were copied, resized and newly initialised."""
   config = config_utils.load_config(config_spec)
+  extensions.load(config)
   module = trainer.load_model_module(config.model_name)
   model = module.Model(**config.model)
-  size = config.model.vision.image_size
-  frames = jnp.zeros((1, config.input.num_frames, size, size, 3))
-  init = jax.jit(model.init)(jax.random.key(config.seed), frames,
-                             jnp.zeros((1, config.model.max_len), jnp.int32))["params"]
+  init = jax.jit(model.init)(jax.random.key(config.seed),
+                             *coca.init_inputs(config.model, 1, config.input.num_frames))["params"]
   params, report = module.load(jax.device_get(jax.tree.map(
       lambda x: getattr(x, "value", x), init, is_leaf=lambda x: hasattr(x, "value"))),
                                source, config.model)
@@ -100,11 +101,11 @@ COMMANDS = {
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"Usage: python -m videococa.convert {{{'|'.join(COMMANDS)}}} --flags; "
+    raise app.UsageError(f"Usage: python -m videococa.tools.convert {{{'|'.join(COMMANDS)}}} --flags; "
                          f"got arguments {argv[1:]}.")
   COMMANDS[argv[1]](argv[1])
 
 
 if __name__ == "__main__":
   _define_flags()
-  errors.run(main)
+  cli.run(main)
