@@ -63,9 +63,5 @@ def get_config(arg=None):
     config.model.remat_policy = "dots_no_batch"
 
   if arg.runlocal:
-    config.input.batch_size = 8
-    config.total_steps = 10
-    config.log_every = 2
-    config.checkpoint_every = 5
-    config.optimizer.warmup_steps = 2
+    config_utils.shrink_for_local_run(config)
   return config

@@ -24,6 +24,21 @@ except ImportError:
 
 import pytest  # noqa: E402
 
+# The shapes_video views the data tests share (built once per session, `shapes_tfds`).
+SHAPES_SIZES = {"num_train": 64, "num_validation": 16, "num_test": 16}
+
+
+@pytest.fixture(scope="session")
+def shapes_tfds(tmp_path_factory):
+  """The shapes_video video and image views at `SHAPES_SIZES`, prepared once per test session.
+
+  Returns dict(data_dir=str, sizes=SHAPES_SIZES, video=builder, image=builder)."""
+  from videococa.data import datasets  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  data_dir = str(tmp_path_factory.mktemp("shapes_tfds"))
+  views = {view: datasets.ensure_prepared(datasets.get_builder(
+      f"shapes_video/{view}", data_dir, config_overrides=SHAPES_SIZES)) for view in ("video", "image")}
+  return dict(data_dir=data_dir, sizes=SHAPES_SIZES, **views)
+
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):

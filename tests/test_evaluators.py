@@ -14,26 +14,27 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 
 from videococa import config_utils, evaluators  # noqa: E402
-from videococa.data import datasets, pipeline, tokenizer  # noqa: E402
+from videococa.data import pipeline, tokenizer  # noqa: E402
 from videococa.evaluators import metrics  # noqa: E402
 from videococa.models import coca  # noqa: E402
 from videococa.projects.shapes import scenes as shapes  # noqa: E402
 from videococa.tools import evaluate  # noqa: E402
 from videococa.train import checkpoint, metric_writer, sharding  # noqa: E402
 
-SIZES = {"num_train": 32, "num_validation": 8, "num_test": 10}
 T, S = 4, 64  # Frames per clip, image size.
 PP = f'sample_frames({T})|decode_video|resize({S})|keep("frames", "captions", "label", "id")'
 CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "coca.py")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  """A tiny shapes_video, a tokenizer on its captions, a random coca_tiny saved as a checkpoint and
-  a config with all three evaluators on the 10 test clips in batches of 4 (the last one partial)."""
+def env(shapes_tfds, tmp_path_factory):
+  """The session's small shapes_video, a tokenizer on its captions, a random coca_tiny saved as a
+  checkpoint and a config with all three evaluators on the first 10 test clips in batches of 4
+  (the last one partial)."""
   root = tmp_path_factory.mktemp("evaluators")
-  data = dict(name="shapes_video/video", split="test", data_dir=str(root), config_overrides=SIZES)
-  builder = datasets.ensure_prepared(datasets.get_builder(data["name"], str(root), SIZES))
+  data = dict(name="shapes_video/video", split="test[:10]", data_dir=shapes_tfds["data_dir"],
+              config_overrides=shapes_tfds["sizes"])
+  builder = shapes_tfds["video"]
   tok_path = tokenizer.train(tokenizer.captions_from_builder(builder, "train"), 128, root / "spm")
   tok = tokenizer.Tokenizer(tok_path)
   config = config_utils.load_config(f"{CONFIG}:tiny")

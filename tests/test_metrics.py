@@ -63,9 +63,13 @@ def test_classification_metrics_hand_computed():
 
 
 def test_classification_metrics_constant_scores_are_wrong():
-  out = metrics.classification_metrics(np.zeros((3, 3)), np.array([0, 1, 2]), "abc", ks=(1,))
-  assert out["top1"] == 0.0
-  assert np.trace(out["confusion_matrix"]) == 0
+  out = metrics.classification_metrics(np.zeros((3, 3)), np.array([0, 1, 2]), "abc", ks=(1, 2, 3))
+  confusion = np.array(out.pop("confusion_matrix"))
+  # Each label ties with the 2 other classes: pessimistic rank 3, never predicted.
+  assert out == {"top1": 0.0, "top2": 0.0, "top3": 1.0,
+                 "per_class_accuracy": {"a": 0.0, "b": 0.0, "c": 0.0},
+                 "mean_per_class_accuracy": 0.0, "num_examples": 3, "chance": 1 / 3}
+  assert confusion.sum(axis=1).tolist() == [1, 1, 1] and np.diag(confusion).tolist() == [0, 0, 0]
 
 
 def test_classification_metrics_rejects_nan():
@@ -110,8 +114,15 @@ def test_retrieval_metrics_hand_computed():
 
 def test_retrieval_metrics_ties_are_pessimistic_and_order_free():
   out = metrics.retrieval_metrics(np.ones((8, 4)), TEXT_TO_VIDEO)
-  assert out["t2v_R@1"] == 0.0 and out["t2v_mean_rank"] == 4.0
-  assert out["v2t_R@5"] == 0.0 and out["v2t_mean_rank"] == 7.0  # 1 + the 6 negatives.
+  assert out == {
+      # Every text's rank: 1 + the 3 other videos.
+      "t2v_R@1": 0.0, "t2v_R@5": 1.0, "t2v_R@10": 1.0, "t2v_median_rank": 4.0,
+      "t2v_mean_rank": 4.0,
+      # Every video's rank: 1 + the 6 captions of the other videos.
+      "v2t_R@1": 0.0, "v2t_R@5": 0.0, "v2t_R@10": 1.0, "v2t_median_rank": 7.0,
+      "v2t_mean_rank": 7.0,
+      "chance_t2v_R@1": 1 / 4, "chance_v2t_R@1": 2 / 8, "num_texts": 8, "num_videos": 4,
+  }
   # Permuting the videos (and the text labels with them) changes nothing.
   perm = np.array([2, 0, 3, 1])
   permuted = metrics.retrieval_metrics(SIMILARITY[:, perm], np.argsort(perm)[TEXT_TO_VIDEO])

@@ -1,5 +1,6 @@
 """Tests of the tf.data pipelines: pp ops, determinism, sharding, resume, mixtures, cache, eval."""
 import os
+import types
 
 import jax
 import ml_collections
@@ -8,10 +9,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from videococa.data import datasets, pipeline, preprocess, tokenizer  # noqa: E402
+from videococa.data import pipeline, preprocess, tokenizer  # noqa: E402
 from videococa.projects.shapes import scenes as shapes  # noqa: E402
 
-SIZES = {"num_train": 64, "num_validation": 16, "num_test": 16}
+from conftest import SHAPES_SIZES as SIZES  # noqa: E402
 T, S, MAX_LEN, B = 4, 32, 16, 8  # Frames, image size, model text length, local batch.
 VIDEO_PP = (f'sample_frames({T}, mode="random_segment")|decode_video|'
             f'random_resized_crop({S}, scale=(0.5, 1.0))|choose_caption|tokenize({MAX_LEN + 1})|'
@@ -21,14 +22,13 @@ IMAGE_PP = (f'decode_image|random_resized_crop({S}, scale=(0.5, 1.0))|image_to_c
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  """Small shapes_video video + image datasets and a tokenizer trained on their captions."""
+def env(shapes_tfds, tmp_path_factory):
+  """The session's small shapes_video video + image views and a tokenizer on their captions."""
   root = tmp_path_factory.mktemp("pipeline")
-  data = {view: dict(name=f"shapes_video/{view}", split="train", data_dir=str(root),
+  data = {view: dict(name=f"shapes_video/{view}", split="train", data_dir=shapes_tfds["data_dir"],
                      config_overrides=SIZES) for view in ("video", "image")}
-  builders = [datasets.ensure_prepared(datasets.get_builder(d["name"], str(root), SIZES))
-              for d in data.values()]
-  captions = [c for b in builders for c in tokenizer.captions_from_builder(b, "train")]
+  captions = [c for view in ("video", "image")
+              for c in tokenizer.captions_from_builder(shapes_tfds[view], "train")]
   tok_path = tokenizer.train(captions, 200, root / "spm")
   return dict(data=data, tok=tokenizer.Tokenizer(tok_path), tok_path=tok_path, root=root)
 
@@ -202,10 +202,34 @@ def test_tokenizer_is_trained_when_missing_or_explained(env, tmp_path):
   assert tok.decode(tok.encode(["a red circle moves left"], 16)) == ["a red circle moves left"]
 
 
-def test_throughput_counter_logs():
-  counter = pipeline.Throughput(interval_s=0.0)
-  batches = list(counter.wrap({"frames": np.zeros((4, 1))} for _ in range(3)))
-  assert len(batches) == 3 and counter.examples_per_s > 0 and counter.wait_ms >= 0
+def test_throughput_counter_logs(monkeypatch):
+  """On a controlled clock: once `interval_s` has passed, examples_per_s = the examples yielded
+  since the last log / the seconds since it, wait_ms = the mean time spent in the source's next(),
+  one log line each time; until then both stay NaN."""
+  clock = [100.0]  # Binary fractions: every sum and difference below is exact.
+  monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+  logged = []
+  log = lambda message, *args: logged.append(message % args)  # noqa: E731
+  monkeypatch.setattr(pipeline, "logging", types.SimpleNamespace(info=log))
+  sizes, waits = [4, 3, 5, 6, 2], [0.125, 0.25, 0.125, 0.0625, 0.1875]
+
+  def source():  # Each next() blocks for its wait.
+    for size, wait in zip(sizes, waits):
+      clock[0] += wait
+      yield {"frames": np.zeros((size, 1)), "text": np.zeros((size, 7))}
+
+  counter = pipeline.Throughput(interval_s=1.0)
+  seen = []
+  for batch in counter.wrap(source()):
+    seen.append((len(batch["frames"]), counter.examples_per_s, counter.wait_ms))
+    clock[0] += 0.375  # The consumer's step.
+  # Batch 3 arrives at 101.25 (1.25 s, 4 + 3 + 5 examples, 0.5 s waiting); batch 5 at 102.25
+  # (1.0 s after the first log, 6 + 2 examples, 0.25 s waiting).
+  first, second = (12 / 1.25, 1e3 * 0.5 / 3), (8 / 1.0, 1e3 * 0.25 / 2)
+  nan = (float("nan"),) * 2
+  np.testing.assert_equal(seen, [(4, *nan), (3, *nan), (5, *first), (6, *first), (2, *second)])
+  assert logged == ["Input pipeline: 9.6 examples/s, 166.7 ms/batch waiting for tf.data.",
+                    "Input pipeline: 8.0 examples/s, 125.0 ms/batch waiting for tf.data."]
 
 
 # ----------------------------------------------------------------------------- Eval.

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import SHAPES_SIZES
 from videococa.projects.shapes import scenes as shapes
 
 H = W = 64
@@ -180,19 +181,9 @@ def test_static_image_view():
 
 
 # ------------------------------------------------------------------------------ TFDS builder.
-VIDEO_SMALL = {"num_train": 48, "num_validation": 8, "num_test": 16}
-IMAGE_SMALL = {"num_train": 16, "num_validation": 4, "num_test": 4}
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  from videococa.data import datasets
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  video = datasets.ensure_prepared(
-      datasets.get_builder("shapes_video", data_dir, config_overrides=VIDEO_SMALL))
-  image = datasets.ensure_prepared(
-      datasets.get_builder("shapes_video/image", data_dir, config_overrides=IMAGE_SMALL))
-  return data_dir, video, image
+def built(shapes_tfds):
+  return shapes_tfds["data_dir"], shapes_tfds["video"], shapes_tfds["image"]
 
 
 def _decode_objects(builder, objects):
@@ -204,12 +195,12 @@ def _decode_objects(builder, objects):
 def test_built_video_dataset(built):
   import tensorflow_datasets as tfds
   _, builder, _ = built
-  assert builder.builder_config.name == "video_num_test16_num_train48_num_validation8"
+  assert builder.builder_config.name == "video_num_test16_num_train64_num_validation16"
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
-      "train": 48, "validation": 8, "test": 16}
+      "train": 64, "validation": 16, "test": 16}
   for split in ("train", "test"):
     examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
-    assert len(examples) == VIDEO_SMALL[f"num_{split}"]
+    assert len(examples) == SHAPES_SIZES[f"num_{split}"]
     for ex in examples:
       assert ex["video"].shape == (16, H, W, 3) and ex["video"].dtype == np.uint8
       assert len(ex["captions"]) == 5 and isinstance(ex["captions"][0], bytes)
@@ -241,7 +232,7 @@ def test_build_is_deterministic_and_reloadable(built, tmp_path):
   from videococa.data import datasets
   data_dir, builder, _ = built
   again = datasets.ensure_prepared(
-      datasets.get_builder("shapes_video/video", str(tmp_path), config_overrides=VIDEO_SMALL))
+      datasets.get_builder("shapes_video/video", str(tmp_path), config_overrides=SHAPES_SIZES))
   files = sorted(p.name for p in pathlib.Path(builder.data_dir).glob("*.tfrecord*"))
   assert files
   for name in files:

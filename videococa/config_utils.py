@@ -30,6 +30,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return result
 
 
+def shrink_for_local_run(config: ml_collections.ConfigDict, batch_size: int = 8) -> None:
+  """The `runlocal` switch of a recipe: a few small steps that run anywhere."""
+  config.input.batch_size = batch_size
+  config.total_steps = 10
+  config.log_every = 2
+  config.checkpoint_every = 5
+  config.optimizer.warmup_steps = 2
+
+
 def import_config_file(path: str):
   """Imports the config file at `path` as a module (e.g. to reuse another recipe's helpers)."""
   if not os.path.exists(path):

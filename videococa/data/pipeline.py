@@ -36,7 +36,8 @@ Config (`config.input`; optional fields default to `DEFAULTS`):
         'random_resized_crop(64, scale=(0.5, 1.0))|choose_caption|tokenize(65)|'
         'keep("frames", "text")')  # tokenize(config.model.max_len + 1)
   mixture = {}  # Or {key: dict(name=/dir=, split=, weight=, pp=)}: replaces data / pp.
-  tokenizer = '{workdir}/tokenizer.model'; tokenizer_vocab_size = 0
+  tokenizer = '{workdir}/tokenizer.model'  # Or 'clip_bpe' (open_clip's CLIP BPE).
+  tokenizer_vocab_size = 0
   extra_texts = {}  # {key: K}: the pp also yields `key` int32 [K, len], len <= max_len + 1.
   shuffle_buffer, cache, prefetch, num_parallel_calls
 
@@ -80,7 +81,7 @@ DEFAULTS = dict(
     cache=False,  # Keep the decoded shard in memory.
     prefetch=2,  # Batches tf.data prepares ahead.
     num_parallel_calls=AUTOTUNE,  # Parallel preprocessing calls.
-    tokenizer=None,  # Path of the SentencePiece .model; '{workdir}' is replaced.
+    tokenizer=None,  # SentencePiece .model path ('{workdir}' is replaced) or 'clip_bpe'.
     tokenizer_vocab_size=0,  # > 0: train a tokenizer of this size if `tokenizer` is missing.
     # {key: K}: text sets of K texts per example the pp yields as `key` (`negatives`: the
     # contrastive loss's hard negatives; others: read by loss terms, `config.loss.terms`).

@@ -36,9 +36,5 @@ def get_config(arg=None):
   config.log_every = 50
   config.checkpoint_every = 200
   if arg.runlocal:
-    config.input.batch_size = 16
-    config.total_steps = 10
-    config.log_every = 2
-    config.checkpoint_every = 5
-    config.optimizer.warmup_steps = 2
+    config_utils.shrink_for_local_run(config, batch_size=16)
   return config

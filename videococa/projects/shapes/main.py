@@ -183,11 +183,12 @@ def _headline(workdir: str) -> dict:
 def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  command = argv[1] if len(argv) > 1 else "job"
+  if command not in ("job", "study") or len(argv) > 2:
+    raise app.UsageError(f"Unknown command {' '.join(argv[1:])!r}; use no argument (the job) or "
+                         "'study'.")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
-  command = argv[1] if len(argv) > 1 else "job"
-  if command not in ("job", "study"):
-    raise app.UsageError(f"Unknown command {command!r}; use no argument (the job) or 'study'.")
   job = os.path.abspath(_WORKDIR.value + ("_quick" if _QUICK.value else ""))
   os.makedirs(job, exist_ok=True)
   start = time.perf_counter()
