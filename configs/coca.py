@@ -20,8 +20,8 @@ import ml_collections
 from videococa import config_utils
 from videococa.models import presets
 
-WD_EXCLUDE = (r"bias$", r"scale$", r"pos_embedding$", r"cls_embedding$", r"class_embedding$",
-              r"query$", r"logit_scale$")
+WD_EXCLUDE = (r"bias$", r"scale$", r"pos_embedding$", r"temporal_embedding$", r"cls_embedding$",
+              r"class_embedding$", r"query$", r"logit_scale$")
 
 
 def get_config(arg=None):

@@ -101,14 +101,17 @@ def stage_of(config: ml_collections.ConfigDict, step: int) -> int:
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int,
-                   frozen: tuple[str, ...] = ()
+                   frozen: tuple[str, ...] = (), first_step: int = 1
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The update rule for `params` (a pytree, abstract values are fine) and its lr schedule;
-  parameters matching a `frozen` pattern get no state and zero updates."""
+  parameters matching a `frozen` pattern get no state and zero updates. `first_step` is the step
+  (from 1) at which the optimizer state starts, e.g. a later training stage's: its schedule goes on
+  from there instead of warming up again."""
   schedule = make_schedule(cfg, total_steps)
+  stage_schedule = lambda count: schedule(count + (first_step - 1))  # noqa: E731
   paths = sharding.tree_paths(params)
   decay_mask = jax.tree.map(lambda p: not sharding.path_matches(p, cfg.wd_exclude), paths)
-  tx = _base_optimizer(cfg, schedule, decay_mask)
+  tx = _base_optimizer(cfg, stage_schedule, decay_mask)
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   if frozen:

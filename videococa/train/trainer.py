@@ -102,10 +102,10 @@ class Trainer:
     self.param_shardings = sharding.logical_shardings(boxed, mesh)
     self.abstract_params = nn.unbox(boxed)
     self.stage = stage
-    frozen_patterns = optim.stages(config)[stage][1]
+    first_step, frozen_patterns = optim.stages(config)[stage]
     self.frozen = optim.is_frozen(frozen_patterns, self.abstract_params)
     self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.abstract_params,
-                                                  config.total_steps, frozen_patterns)
+                                                  config.total_steps, frozen_patterns, first_step)
     replicated = NamedSharding(mesh, P())
     abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
     self.state_shardings = TrainState(
