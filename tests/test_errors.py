@@ -37,6 +37,7 @@ def _assert_one_line_error(result, *fragments):
 
 
 # ----------------------------------------------------------------------------- Command line.
+@pytest.mark.slow
 def test_cli_unknown_config_key_lists_the_close_matches(tmp_path):
   result = _train_cli(*ft_helpers.cli_args(tmp_path), "--config.model.vision.widht=64")
   line = _assert_one_line_error(
@@ -45,12 +46,14 @@ def test_cli_unknown_config_key_lists_the_close_matches(tmp_path):
   assert line.count(",") <= 4  # At most 5 suggestions.
 
 
+@pytest.mark.slow
 def test_cli_batch_not_divisible_by_the_data_parallel_size(tmp_path):
   result = _train_cli(*ft_helpers.cli_args(tmp_path, **{"input.batch_size": 12}))
   _assert_one_line_error(result, "config.input.batch_size=12 is not a positive multiple of "
                          "the data-parallel size 8", "use a multiple of 8")
 
 
+@pytest.mark.slow
 def test_cli_checkpoint_of_another_model_names_the_parameter_and_shapes(tmp_path):
   other = ft_helpers.config(**{"mesh.data": 1, "model.vision.mlp_dim": 128})
   trainer = trainer_lib.Trainer(other, sharding.make_mesh(other.mesh, jax.devices()[:1]))

@@ -20,6 +20,8 @@ from ft_helpers import TOTAL_STEPS
 from videococa.data import inputs
 from videococa.train import checkpoint, loop as train, sharding, trainer as trainer_lib
 
+pytestmark = pytest.mark.slow  # Subprocesses, kill loops and multi-mesh restores.
+
 ALL_STEPS = range(1, TOTAL_STEPS + 1)
 TIMEOUT_S = 600  # Per subprocess run: generous for loaded CI machines.
 

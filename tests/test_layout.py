@@ -15,10 +15,8 @@ PACKAGE = os.path.join(REPO, "videococa")
 PROJECTS = os.path.join(PACKAGE, "projects")
 FORBIDDEN = "videococa.projects"
 # Words of the shapes project that core code (outside docstrings and comments) must not use.
-PROJECT_WORDS = ("motion",)
-# Dataset names of the shapes project that no core module may import (core code may name the
-# embedded `shapes_video` TFDS dataset in strings: data/benchmark.py benchmarks the input
-# pipeline on it, and data/pipeline.py's error message gives it as an example).
+PROJECT_WORDS = ("motion", "shapes_video")
+# Names of the shapes project that no core module may import.
 PROJECT_MODULE_WORDS = ("shapes_video", "motion")
 
 

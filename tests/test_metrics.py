@@ -136,6 +136,7 @@ def test_retrieval_metrics_validates_inputs():
     metrics.retrieval_metrics(np.where(SIMILARITY > 0.85, np.nan, SIMILARITY), TEXT_TO_VIDEO)
 
 
+@pytest.mark.slow
 @needs_java
 def test_caption_metrics_match_pycocoevalcap():
   out = metrics.caption_metrics(PREDICTIONS, REFERENCES, num_examples=2)

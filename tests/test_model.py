@@ -84,6 +84,7 @@ def test_image_is_a_one_frame_clip(tiny):
     np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_causal_masks_leak_nothing(tiny):
   """Changing token t+1 leaves every output at positions <= t unchanged."""
   cfg, model, params = tiny
@@ -99,6 +100,7 @@ def test_causal_masks_leak_nothing(tiny):
     assert not np.allclose(out["hidden"][:, t + 1], base["hidden"][:, t + 1])
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_the_cls_embedding(tiny):
   cfg, model, params = tiny
   caption = np.array([[2, 10, 11, 12, 3]], np.int32)  # BOS w w w EOS
@@ -158,6 +160,7 @@ def test_posemb_sincos_2d_closed_form():
     poolers.posemb_sincos_2d(17, 8)  # A class token in front of a 4x4 grid.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position_encoding", ["none", "sincos2d"])
 def test_pooler_positions_make_it_see_where(position_encoding):
   """Cross-attention pooling is blind to token order; sin-cos positions make it see the layout."""
@@ -172,6 +175,7 @@ def test_pooler_positions_make_it_see_where(position_encoding):
   assert same == (position_encoding == "none")
 
 
+@pytest.mark.slow
 def test_tied_embedding_and_activations():
   cfg = presets.get("coca_tiny")
   cfg.tie_embedding = True

@@ -168,14 +168,17 @@ def test_presets_are_open_clip_configs_with_its_parameter_shapes(name):
   assert openclip.openclip_shapes(config) == expected
 
 
+@pytest.mark.slow
 def test_coca_b32_matches_open_clip(coca_b32):
   _assert_parity("coca_ViT-B-32", *coca_b32)
 
 
+@pytest.mark.slow
 def test_coca_b32_round_trips_exactly(coca_b32):
   _assert_round_trips(*coca_b32)
 
 
+@pytest.mark.slow
 def test_clip_b32_matches_open_clip_and_round_trips():
   model = _perturbed(open_clip.create_model("ViT-B-32"))
   config = openclip.get_config("ViT-B-32")
@@ -213,6 +216,7 @@ def _cli(*argv):
                         capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiny_coca", [TINY_COCA], indirect=True, ids=["tiny"])
 def test_cli_round_trip_with_training_checkpoint_and_safetensors(tiny_coca, tmp_path):
   cfg, config, model, params = tiny_coca
@@ -239,6 +243,7 @@ def test_cli_round_trip_with_training_checkpoint_and_safetensors(tiny_coca, tmp_
   fresh.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
 
 
+@pytest.mark.slow
 def test_cli_errors(tmp_path):
   """Unknown models are listed with the known ones; the known commands are named."""
   result = _cli("to_open_clip", "--model=coca_ViT-B-99", f"--checkpoint={tmp_path}",

@@ -213,6 +213,7 @@ def test_parse_stages_and_fmt():
       "n/a", "0.1429", "3", "3.000e-04", "110.5", "2.000e+06", "nan"]
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
   _write_jsonl(str(tmp_path / "image_coca" / "metrics.jsonl"), _train_records(3))
   _write_eval(str(tmp_path / "video_coca"), "retrieval", _retrieval())

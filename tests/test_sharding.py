@@ -58,6 +58,7 @@ def single_device_step():
   return config, init_params, batch, float(metrics["loss"]), jax.device_get(new_state.params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_config", MESHES, ids=lambda m: "x".join(map(str, m.values())))
 def test_sharded_step_equals_single_device_step(single_device_step, mesh_config):
   config, init_params, batch, loss, params = single_device_step

@@ -5,6 +5,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from videococa import config_utils
 from videococa.data import inputs
@@ -37,6 +38,7 @@ def test_one_batch_is_overfit():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_latest_checkpoint(tmp_path):
   config = _tiny(total_steps=20, checkpoint_every=10)
   first = train.train(config, str(tmp_path))
@@ -67,6 +69,7 @@ def test_checkpoint_restores_the_trainer_state_exactly(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_training_on_random_input_needs_no_tensorflow(tmp_path):
   """The model, train step, checkpoints and metrics run where TensorFlow is not installed."""
   code = "\n".join([
@@ -111,6 +114,7 @@ def test_hard_negatives_enter_the_contrastive_loss():
   assert metrics["contrastive_loss"] > plain["contrastive_loss"]
 
 
+@pytest.mark.slow
 def test_verb_phrases_enter_the_loss():
   """Each clip's `phrases` [batch, K, len] (len shorter than captions) are encoded like captions
   and scored against its clip embedding by the shapes project's registered term: the loss gains

@@ -47,15 +47,23 @@ def _with_shared(video_params, image_params):
   return traverse_util.unflatten_dict({k: flat_image.get(k, v) for k, v in flat_video.items()})
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("variant,extra", [
-    ("attentional_pooler", {}), ("attentional_pooler", {"temporal_embedding": True}),
-    ("attentional_pooler", {"temporal_embedding": "sincos"}),
-    ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True}),
-    ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True, "frame_diff": True}),
+    ("attentional_pooler", {}),
+    pytest.param("attentional_pooler", {"temporal_embedding": True}, marks=SLOW),
+    pytest.param("attentional_pooler", {"temporal_embedding": "sincos"}, marks=SLOW),
+    pytest.param("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True},
+                 marks=SLOW),
+    pytest.param("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True,
+                                        "frame_diff": True}, marks=SLOW),
     ("attentional_pooler", {"temporal_embedding": "sincos", "patch_skip": True, "frame_diff": True,
                             "normal_flow": True}),
-    ("factorized", {}), ("factorized", {"patch_skip": True}), ("joint_space_time", {}),
-    ("mean_pool", {})])
+    ("factorized", {}),
+    pytest.param("factorized", {"patch_skip": True}, marks=SLOW),
+    pytest.param("joint_space_time", {}, marks=SLOW),
+    pytest.param("mean_pool", {}, marks=SLOW)])
 def test_one_frame_clip_gives_exactly_the_image_model(image_model, variant, extra):
   model_img, params_img = image_model
   model = coca.Model(**_video_config(variant, **extra))
@@ -224,6 +232,7 @@ def _train_config(mode, **overrides):
   return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lit", "frozen"])
 def test_frozen_parameters_are_bit_identical_after_training(mode):
   config = _train_config(mode)
@@ -256,6 +265,7 @@ def test_frozen_parameters_are_bit_identical_after_training(mode):
   assert moments < 2 * trainable + 100
 
 
+@pytest.mark.slow
 def test_frozen_ft_switches_stage_at_the_boundary(tmp_path):
   config = _train_config("frozen_ft", total_steps=4, frozen_ft_boundary=2, checkpoint_every=2,
                          log_every=1)
@@ -271,6 +281,7 @@ def test_frozen_ft_switches_stage_at_the_boundary(tmp_path):
   assert not np.array_equal(params[4][kernel], params[2][kernel])  # ...fine-tuned in stage 1.
 
 
+@pytest.mark.slow
 def test_inflation_copies_shared_resizes_positions_and_reports_new(tmp_path, image_model):
   _, params_img = image_model
   checkpoint.save_params(str(tmp_path / "image"), params_img, dict(model_name="coca"))
@@ -294,6 +305,7 @@ def test_inflation_copies_shared_resizes_positions_and_reports_new(tmp_path, ima
                            is_leaf=lambda x: hasattr(x, "value")), str(tmp_path / "image"), cfg)
 
 
+@pytest.mark.slow
 def test_dont_load_keeps_fresh_parameters_and_rejects_unmatched_patterns(tmp_path, image_model):
   _, params_img = image_model
   checkpoint.save_params(str(tmp_path / "image"), params_img, dict(model_name="coca"))

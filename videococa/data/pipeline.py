@@ -107,8 +107,8 @@ def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str):
   if unknown:
     raise UserError(f"{where} has unknown keys {unknown}; allowed: {list(allowed)}.")
   if bool(data.get("name")) == bool(data.get("dir")):
-    raise UserError(f"{where} needs exactly one of name= (a registered dataset, e.g. "
-                    "'shapes_video/video') and dir= (a prepared folder, e.g. from "
+    raise UserError(f"{where} needs exactly one of name= (a TFDS dataset, e.g. 'coco_captions', "
+                    "or a builder under data/) and dir= (a prepared folder, e.g. from "
                     f"videococa.data.ingest); got {dict(data)}.")
   if not data.get("split"):
     raise UserError(f"{where} needs split= (e.g. 'train').")
