@@ -4,8 +4,9 @@
                                     [,temporal=KIND][,runlocal]
 
 DATA     videocc3m  VideoCC3M-style pretraining at 8 frames: point `config.input.data.dir` at your
-                    ingested clips (python -m videococa.data.ingest ...) and `config.input.tokenizer`
-                    at the image model's SentencePiece model (or give init=PATH, which brings it)
+                    ingested clips (python -m videococa.data.ingest ...) and
+                    `config.input.tokenizer` at the image model's SentencePiece model (or give
+                    init=PATH, which brings it)
          tiny       the `coca_tiny` model on random 4-frame clips (tests and smoke runs)
 VARIANT  attentional_pooler (default) | factorized | joint_space_time | mean_pool
 MODE     lit (default; the paper's best) | ft | frozen | frozen_ft (frozen for the first quarter,
@@ -57,7 +58,8 @@ def get_config(arg=None):
   if arg.variant not in ("videocc3m", "tiny"):
     raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use videocc3m or tiny.")
   size = "tiny" if arg.variant == "tiny" else arg.model
-  config = config_utils.load_config(f"{_IMAGE_CONFIG}:{size}" + (",runlocal" if arg.runlocal else ""))
+  config = config_utils.load_config(
+      f"{_IMAGE_CONFIG}:{size}" + (",runlocal" if arg.runlocal else ""))
   num_frames = 4 if arg.variant == "tiny" else NUM_FRAMES
   config.input.num_frames = num_frames
   config.model.video = video_model(arg.video, num_frames, arg.temporal)

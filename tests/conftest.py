@@ -36,7 +36,8 @@ def shapes_tfds(tmp_path_factory):
   from videococa.data import datasets  # pylint: disable=g-import-not-at-top  (TensorFlow)
   data_dir = str(tmp_path_factory.mktemp("shapes_tfds"))
   views = {view: datasets.ensure_prepared(datasets.get_builder(
-      f"shapes_video/{view}", data_dir, config_overrides=SHAPES_SIZES)) for view in ("video", "image")}
+      f"shapes_video/{view}", data_dir, config_overrides=SHAPES_SIZES))
+      for view in ("video", "image")}
   return dict(data_dir=data_dir, sizes=SHAPES_SIZES, **views)
 
 

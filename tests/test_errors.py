@@ -112,8 +112,8 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
   with pytest.raises(errors.UserError, match=r"config.input.num_frames=8 exceeds "
                      r"config.model.video.num_frames=4"):
     trainer_lib.check_config(video)
-  with pytest.raises(errors.UserError, match=r"config.input.batch_size=12 is not a positive multiple of "
-                     r"the data-parallel size 8"):
+  with pytest.raises(errors.UserError, match=r"config.input.batch_size=12 is not a positive "
+                     r"multiple of the data-parallel size 8"):
     train.train(ft_helpers.config(**{"input.batch_size": 12}), str(tmp_path))
   with pytest.raises(errors.UserError, match=r"needs 16 devices but 8 are available"):
     sharding.make_mesh(dict(data=16))

@@ -171,7 +171,8 @@ def test_due_and_config_errors(env):
   base = dict(type="retrieval", batch_size=4, data=env["data"], pp=PP)
   cases = [
       (dict(base, type="detection"), r"config.evals.x.type='detection'"),
-      (dict(base, batch_size=3), r"config.evals.x.batch_size=3 is not a positive multiple of the data-parallel size 2"),
+      (dict(base, batch_size=3),
+       r"config.evals.x.batch_size=3 is not a positive multiple of the data-parallel size 2"),
       (dict(base, templates=["{}"]), r"config.evals.x has unknown fields \['templates'\]"),
       (dict(base, pp=PP.replace('keep(', 'choose_caption|tokenize(25)|keep("text", ')),
        r"config.evals.x.pp=.* tokenizes"),

@@ -41,7 +41,8 @@ def test_every_logical_axis_name_has_a_rule():
 
 def test_global_batch_must_split_over_data_parallel_axes():
   mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
-  with pytest.raises(ValueError, match="batch_size=12 is not a positive multiple of the data-parallel size 8"):
+  with pytest.raises(ValueError,
+                     match="batch_size=12 is not a positive multiple of the data-parallel size 8"):
     sharding.local_batch_size(12, mesh)
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from videococa import config_utils
 from videococa.data import inputs
-from videococa.train import checkpoint, loop as train, metric_writer, sharding, trainer as trainer_lib
+from videococa.train import checkpoint, loop as train, metric_writer, sharding
+from videococa.train import trainer as trainer_lib
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -162,7 +162,8 @@ def test_normal_flow_is_blind_to_colour_and_contrast():
   instead of a light one on a dark background) leaves the normal flow unchanged."""
   frames = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 4, 16, 16, 3)), jnp.float32)
   flow = patch_skip.normal_flow(frames, 8)
-  np.testing.assert_allclose(patch_skip.normal_flow(frames[..., ::-1], 8), flow, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(patch_skip.normal_flow(frames[..., ::-1], 8), flow,
+                             rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(patch_skip.normal_flow(-frames, 8), flow, rtol=1e-5, atol=1e-6)
   assert np.abs(np.asarray(flow[:, :-1])).max() > 0.1
 

@@ -2,7 +2,8 @@
 
 A name ``'<builder>'`` or ``'<builder>/<config>'`` whose folder `data/<builder>/` holds
 `<builder>_dataset_builder.py` (e.g. the embedded ``'shapes_video/video'``) is built from that file
-(imported by file path; `data/` is not a Python package); any other name goes to `tfds.builder`. Data lives in `data_dir`: the config
+(imported by file path; `data/` is not a Python package); any other name goes to `tfds.builder`.
+Data lives in `data_dir`: the config
 value if given, else $VIDEOCOCA_DATA_DIR, else ~/tensorflow_datasets.
 
 Local builders also take `config_overrides` (e.g. ``{'num_train': 64}`` for smoke tests): they make

@@ -258,8 +258,8 @@ def _check_output(spec: Mapping[str, tf.TensorSpec], expected: Mapping[str, tupl
           f"{where} gives {key!r}: {got_str}, but the model needs {list(shape)} {dtype.name}. "
           "frames: end the clip ops with sample_frames(T) or image_to_clip(T) (T = "
           "config.input.num_frames) and random_resized_crop(S) or resize(S) (S = "
-          "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); each text set "
-          "of config.input.extra_texts ({key: K}): K texts tokenized to [K, len <= "
+          "config.model.vision.image_size); text: tokenize(config.model.max_len + 1); "
+          "each text set of config.input.extra_texts ({key: K}): K texts tokenized to [K, len <= "
           "config.model.max_len + 1]; and keep them with keep('frames', 'text', ...).")
 
 

@@ -1,6 +1,6 @@
 """Captioning: decode a caption for every clip and score it against the clip's reference captions.
 
-Captions are decoded on the mesh (`videococa.models.decoding.generate`, jitted together with the visual
+Captions are decoded on the mesh (`videococa.models.decoding.generate`, jitted with the visual
 tower), detokenized on the host and scored with `metrics.caption_metrics` (pycocoevalcap BLEU-1..4,
 METEOR, ROUGE-L, CIDEr; without Java METEOR is None with the reason in `meteor_status`, never 0).
 
@@ -59,7 +59,8 @@ class Captioning(common.Evaluator):
 
   def __init__(self, name, eval_config, *, generate_fn: Callable[..., dict] | None = None,
                **kwargs):
-    """`generate_fn`: `videococa.models.decoding.generate` (default) or anything with its signature."""
+    """`generate_fn`: `videococa.models.decoding.generate` (default) or anything with its
+    signature."""
     super().__init__(name, eval_config, **kwargs)
     decode = dict(self.cfg["decode"] or {})
     unknown = sorted(set(decode) - set(DECODE_KEYS))

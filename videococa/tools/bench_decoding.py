@@ -1,7 +1,7 @@
 r"""Decoding speed: captions/s of KV-cached vs uncached greedy decoding on this machine.
 
-  python -m videococa.tools.bench_decoding [--batch_size=64] [--new_tokens=30] [--preset=coca_tiny] \
-      [--max_len=32] [--repeats=10]
+  python -m videococa.tools.bench_decoding [--batch_size=64] [--new_tokens=30] \
+      [--preset=coca_tiny] [--max_len=32] [--repeats=10]
 
 Random parameters (text side only: decoding never runs the visual towers) and random captioning
 tokens; the preset's text context is raised to --max_len so that --new_tokens fit. EOS is disabled

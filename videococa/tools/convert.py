@@ -101,8 +101,8 @@ COMMANDS = {
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"Usage: python -m videococa.tools.convert {{{'|'.join(COMMANDS)}}} --flags; "
-                         f"got arguments {argv[1:]}.")
+    raise app.UsageError(f"Usage: python -m videococa.tools.convert {{{'|'.join(COMMANDS)}}} "
+                         f"--flags; got arguments {argv[1:]}.")
   COMMANDS[argv[1]](argv[1])
 
 

@@ -1,9 +1,10 @@
 r"""Runs the evaluators of `config.evals` on a checkpoint.
 
-  python -m videococa.tools.evaluate --config=configs/coca.py:tiny --workdir=/tmp/w [--checkpoint=STEP]
+  python -m videococa.tools.evaluate --config=configs/coca.py:tiny --workdir=/tmp/w \
+      [--checkpoint=STEP]
 
 Reads the parameters of checkpoint STEP (default: the latest) of `WORKDIR` (a training workdir,
-its checkpoints/ folder or a `videococa.tools.convert` output), runs every evaluator of `config.evals`
+its checkpoints/ folder or a `videococa.tools.convert` output), runs every `config.evals` evaluator
 (see `videococa/evaluators/__init__.py`) and writes `WORKDIR/evals/NAME_step{STEP}.json` (+
 `NAME_latest.json`, example frame strips), TensorBoard scalars `eval/NAME/...` and
 `WORKDIR/metrics.jsonl` lines at the checkpoint's step, then prints a metrics table.
@@ -22,7 +23,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from videococa import cli, errors, evaluators, extensions
 from videococa.evaluators import metrics
 from videococa.models import coca
-from videococa.train import checkpoint, distributed, loop as train, metric_writer, sharding, trainer as trainer_lib
+from videococa.train import checkpoint, distributed, loop as train, metric_writer, sharding
+from videococa.train import trainer as trainer_lib
 
 
 def define_flags() -> None:

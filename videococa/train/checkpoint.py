@@ -196,7 +196,8 @@ def load_params(path: str, step: int | None = None,
   root = os.path.abspath(_checkpoint_root(path))
   if not os.path.isdir(root):
     raise MissingPathError(f"No checkpoint directory at {path}; pass a training --workdir, its "
-                           "checkpoints/ folder, or a directory written by videococa.tools.convert.")
+                           "checkpoints/ folder, or a directory written by "
+                           "videococa.tools.convert.")
   manager = ocp.CheckpointManager(root, item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
   try:

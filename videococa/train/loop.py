@@ -33,7 +33,8 @@ from ml_collections import config_flags
 
 from videococa import errors, evaluators, extensions
 from videococa.data import inputs
-from videococa.train import checkpoint, distributed, metric_writer, optim, sharding, trainer as trainer_lib
+from videococa.train import checkpoint, distributed, metric_writer, optim, sharding
+from videococa.train import trainer as trainer_lib
 from videococa.train.metric_writer import console
 
 

@@ -2,7 +2,8 @@
 
 Adafactor (`name='adafactor'`) is CoCa's: factored second moments with decay
 `min(b2, 1 - (t + 1)^-adafactor_decay_rate)` and `eps` added to the squared gradients (its eps1,
-1e-30), update clipping at RMS 1, momentum `b1`. Weight decay is decoupled in the AdamW sense for both optimizers: the update is
+1e-30), update clipping at RMS 1, momentum `b1`. Weight decay is decoupled in the AdamW sense for
+both optimizers: the update is
 `-lr * (preconditioned_gradient + weight_decay * param)`, applied only where the mask allows.
 Frozen parameters (regexes over '/'-joined paths) get no optimizer state and a zero update (and the
 trainer computes no gradient for them).

@@ -13,8 +13,8 @@ phrases=False    no verb-phrase loss (Momeni et al. 2023): each clip also picks 
                  phrase ("slides left") among the same phrase for the 6 other motions
 patch_skip=False the poolers read the ViT's output tokens only; by default they also read its local
                  patch features through a zero-initialised projection (the `patch_skip` adapter)
-frame_diff       (with the patch skip) it also reads the patch features' frame differences (TSN's RGB
-                 difference); off by default
+frame_diff       (with the patch skip) it also reads the patch features' frame differences (TSN's
+                 RGB difference); off by default
 flow=False       the patch skip without each patch's normal flow to the next frame (a colour-blind
                  motion estimate)
 fresh_text       the text tower (token embedding, encoder, projection) trained from scratch instead

@@ -1,6 +1,7 @@
 r"""Throughput of the training input pipeline (video examples/s on this machine's CPUs).
 
-  python -m videococa.projects.shapes.bench_input [--num_batches=40] [--batch_size=32] [--workdir=/tmp/bench]
+  python -m videococa.projects.shapes.bench_input [--num_batches=40] [--batch_size=32] \
+      [--workdir=/tmp/bench]
 
 Builds a reduced `shapes_video` (16-frame 64x64 clips) and a small mp4-ingested dataset (synthetic
 320x240, 4 s, 25 fps H.264 clips -> `videococa.data.ingest` with 16 frames per clip and short

@@ -7,7 +7,8 @@ Stages (each skipped when its output exists, so a re-run resumes where it stoppe
   1. build shapes_video (video and image views) if absent;
   2. train a SentencePiece tokenizer on their training captions -> JOB/tokenizer.model;
   3. pretrain an image CoCa on the image view (configs/proj/shapes/coca_image.py) -> JOB/image_coca;
-  4. inflate it into a VideoCoCa (python -m videococa.tools.convert inflate) -> JOB/video_init_<variant>;
+  4. inflate it into a VideoCoCa (python -m videococa.tools.convert inflate)
+     -> JOB/video_init_<variant>;
   5. train the VideoCoCa (configs/proj/shapes/videococa.py; attentional pooler with temporal
      embeddings, LiT) -> JOB/video_coca, then zero-shot evals on the held-out `test` compositions;
   6. write the report -> JOB/report/index.html (+ report.md, PNGs).

@@ -1,6 +1,7 @@
 """The shapes project's token adapter: the patch skip, with frame differences and normal flow.
 
-Registered as `config.model.token_adapter = dict(name="patch_skip", frame_diff=..., normal_flow=...)`
+Registered as
+`config.model.token_adapter = dict(name="patch_skip", frame_diff=..., normal_flow=...)`
 (`videococa.models.hooks`). Our deviation from VideoCoCa, whose poolers read the ViT's output
 tokens only; it starts at zero, so at initialisation the model is exactly the image model.
 """
@@ -21,10 +22,10 @@ def normal_flow(frames: jnp.ndarray, patch_size: int, eps: float = 1e-2) -> jnp.
   whose sum over a patch, divided by the patch's gradient energy `sum |grad I|^2`, estimates the
   flow along the patch's edges (the normal flow; Lucas-Kanade without the 2x2 solve, which the
   aperture problem makes singular on straight edges). `I_t` is the frame difference and `grad I`
-  the gradient (central differences, one-sided at the border) of the two frames' mean. Both factors change sign with the
-  contrast of an edge, so their product, summed over channels, does not depend on colour: a red and
-  a blue object moving right give the same sign, which the RGB difference (`frame_diff`) does not
-  (docs/shapes_motion_study.md). `eps` keeps flat patches at zero.
+  the gradient (central differences, one-sided at the border) of the two frames' mean. Both factors
+  change sign with the contrast of an edge, so their product, summed over channels, does not depend
+  on colour: a red and a blue object moving right give the same sign, which the RGB difference
+  (`frame_diff`) does not (docs/shapes_motion_study.md). `eps` keeps flat patches at zero.
   """
   f = frames.astype(jnp.float32)
   mean, change = 0.5 * (f[:, 1:] + f[:, :-1]), f[:, 1:] - f[:, :-1]  # [b, t - 1, H, W, c]
