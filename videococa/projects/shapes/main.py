@@ -152,10 +152,11 @@ def run_study(job: str, quick: bool) -> str:
     _video_stage(job, variant, _inflated(job, image_dir, variant), tokenizer_path, data_fields,
                  quick, workdir, STUDY_VIDEO_STEPS)
     stages[f"VideoCoCa {variant}"] = workdir
-  # Baseline: the image CoCa, frames averaged (the mean_pool variant adds no parameters).
+  # Baseline: the image CoCa, frames averaged (the mean_pool variant without the patch skip adds
+  # no parameters).
   baseline_dir = os.path.join(study, "image_model_mean_pool")
-  config = _with_data(config_utils.load_config(VIDEO_CONFIG.format(variant="mean_pool")),
-                      tokenizer_path, data_fields, quick, QUICK_STEPS["video"])
+  config = config_utils.load_config(VIDEO_CONFIG.format(variant="mean_pool") + ",patch_skip=False")
+  _with_data(config, tokenizer_path, data_fields, quick, QUICK_STEPS["video"])
   if not os.path.isdir(os.path.join(baseline_dir, "evals")):
     checkpoint.save_params(os.path.join(baseline_dir, "checkpoints"),
                            checkpoint.load_params(image_dir)[0], dict(step=0))
