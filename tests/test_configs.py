@@ -33,8 +33,11 @@ CONFIGS = [
     pytest.param(f"{COCA}:tiny", 0),  # AdamW, float32, no remat.
     pytest.param(f"{COCA}:base", 0),  # Adafactor, bfloat16, remat.
     pytest.param(f"{COCA}:large", 0, marks=slow),
-    *[pytest.param(f"{VIDEOCOCA}:videocc3m,video={v}", 0) for v in VIDEO_VARIANTS],  # lit.
-    pytest.param(f"{VIDEOCOCA}:videocc3m,mode=frozen", 0),
+    # lit; joint_space_time's ViT and mean_pool's pooling also run in tests/test_video.py.
+    *[pytest.param(f"{VIDEOCOCA}:videocc3m,video={v}", 0,
+                   marks=() if v in ("attentional_pooler", "factorized") else slow)
+      for v in VIDEO_VARIANTS],
+    pytest.param(f"{VIDEOCOCA}:videocc3m,mode=frozen", 0, marks=slow),
     pytest.param(f"{VIDEOCOCA}:videocc3m,mode=ft", 0, marks=slow),  # Nothing frozen, as coca's.
     pytest.param(f"{VIDEOCOCA}:videocc3m,mode=frozen_ft", 0, marks=slow),
     pytest.param(f"{VIDEOCOCA}:videocc3m,mode=frozen_ft", 1, marks=slow),

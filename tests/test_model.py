@@ -118,6 +118,7 @@ def test_padding_does_not_change_the_cls_embedding(tiny):
   assert not np.allclose(emb_other, embeddings[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_openclip_legacy_cls_mask_differs_on_padded_captions():
   """The legacy mask is the exact one shifted by one key (checked exactly by the open_clip parity
   test); on a padded caption the two must give different CLS embeddings."""

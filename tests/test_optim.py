@@ -295,6 +295,7 @@ REMAT_RTOL = 2e-6
 REMAT_FLOOR = 1e-8
 
 
+@pytest.mark.slow
 def test_remat_policies_give_the_same_gradients():
   policies = [p for p in layers.REMAT_POLICIES if p != "none"]
   assert set(policies) == {"full", "dots", "dots_no_batch"}

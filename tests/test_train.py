@@ -56,6 +56,7 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path):
   assert third["start_step"] == third["end_step"] == 40
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_the_trainer_state_exactly(tmp_path):
   config = _tiny()
   trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
@@ -89,6 +90,7 @@ def test_training_on_random_input_needs_no_tensorflow(tmp_path):
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_hard_negatives_enter_the_contrastive_loss():
   """Each clip's `negatives` [batch, K, L+1] are encoded like captions and added to its image->text
   candidates: with K copies of its own caption the loss equals the closed form on the same
