@@ -1,19 +1,22 @@
 """VideoCoCa: a pretrained image CoCa adapted to video (arXiv 2212.04979).
 
-  --config=configs/videococa.py:DATA[,video=VARIANT][,mode=MODE][,init=PATH][,model=SIZE]
-                                    [,temporal=KIND][,runlocal]
+  --config=configs/videococa.py:DATA[,init=PATH][,data=DIR][,video=VARIANT][,mode=MODE]
+                                    [,model=SIZE][,temporal=KIND][,runlocal]
 
-DATA     videocc3m  VideoCC3M-style pretraining at 8 frames: point `config.input.data.dir` at your
-                    ingested clips (python -m videococa.data.ingest ...) and
-                    `config.input.tokenizer` at the image model's SentencePiece model (or give
-                    init=PATH, which brings it)
+DATA     videocc3m  VideoCC3M-scale pretraining at 8 frames (batch 1024, 100k steps)
+         finetune   fine-tuning on your own ingested video-caption dataset (batch 128, 5k steps)
          tiny       the `coca_tiny` model on random 4-frame clips (tests and smoke runs)
+PATH     the image CoCa to start from: a `videococa.tools.convert from_open_clip` output (open_clip
+         weights) or an image CoCa training workdir. Its model config, pixel normalisation and
+         tokenizer come with it (`config_utils.init_from_checkpoint`): open_clip weights train
+         with CLIP's BPE tokenizer and CLIP's mean/std without any other flag. Its parameters are
+         inflated as in `python -m videococa.tools.convert inflate`.
+DIR      the training data: a dataset folder written by `python -m videococa.data.ingest video`
+         (`config.input.data.dir`; split 'train')
 VARIANT  attentional_pooler (default) | factorized | joint_space_time | mean_pool
 MODE     lit (default; the paper's best) | ft | frozen | frozen_ft (frozen for the first quarter,
          then ft)
-PATH     checkpoint to start from (an image CoCa workdir or a `videococa.tools.convert` output),
-         inflated as in `python -m videococa.tools.convert inflate`; its tokenizer.model is used
-SIZE     base (default) | large
+SIZE     base (default) | large: the model when PATH does not bring one
 KIND     none (default) | zeros | sincos: a learned per-frame embedding added to the attentional
          pooler's keys, started at zero or at a sin-cos code of the frame index. Not in the paper
          (whose default variant adds no parameters): a deviation, off by default.
@@ -31,6 +34,8 @@ from videococa import config_utils
 _IMAGE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "coca.py")
 NUM_FRAMES = 8
 TEMPORAL = {"none": False, "zeros": True, "sincos": "sincos"}
+# (global batch, steps, peak lr, warmup steps) per DATA.
+SCHEDULES = {"videocc3m": (1024, 100_000, 1e-4, 1000), "finetune": (128, 5000, 1e-5, 250)}
 
 
 def video_model(variant: str, num_frames: int, temporal: str = "none") -> dict:
@@ -42,46 +47,51 @@ def video_model(variant: str, num_frames: int, temporal: str = "none") -> dict:
 
 
 def apply_video_options(config: ml_collections.ConfigDict, arg) -> None:
-  """The options every VideoCoCa recipe shares: training mode, init checkpoint, frame count."""
+  """The options every VideoCoCa recipe shares: training mode and which parameters to load."""
   config.training_mode = arg.mode
   config.frozen_ft_boundary = 0
   config.init_from = arg.init
   config.init_dont_load = ()  # Regexes of parameters kept at their fresh init (see coca.load).
-  if arg.init:  # The image model's tokenizer; never retrain one (its ids would not match).
-    config.input.tokenizer = os.path.join(arg.init, "tokenizer.model")
-    config.input.tokenizer_vocab_size = 0
 
 
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="videocc3m", video="attentional_pooler", mode="lit",
-                               init="", model="base", temporal="none", runlocal=False)
-  if arg.variant not in ("videocc3m", "tiny"):
-    raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use videocc3m or tiny.")
+                               init="", data="/path/to/ingested_videos", model="base",
+                               temporal="none", runlocal=False)
+  if arg.variant not in ("videocc3m", "finetune", "tiny"):
+    raise ValueError(f"configs/videococa.py: unknown data {arg.variant!r}; use videocc3m, "
+                     "finetune or tiny.")
   size = "tiny" if arg.variant == "tiny" else arg.model
   config = config_utils.load_config(
       f"{_IMAGE_CONFIG}:{size}" + (",runlocal" if arg.runlocal else ""))
+  apply_video_options(config, arg)
+  if arg.init:
+    config_utils.init_from_checkpoint(config, arg.init)
   num_frames = 4 if arg.variant == "tiny" else NUM_FRAMES
   config.input.num_frames = num_frames
   config.model.video = video_model(arg.video, num_frames, arg.temporal)
-  if arg.variant == "videocc3m":
+  if arg.variant == "tiny":
+    config.total_steps = min(config.total_steps, 40)
+  else:
     image_size, text_len = config.model.vision.image_size, config.model.max_len
+    batch_size, steps, lr, warmup = SCHEDULES[arg.variant]
     config.input.update(
-        source="tfds", batch_size=1024, cache=False, tokenizer="/path/to/spm_64k.model",
-        tokenizer_vocab_size=0,
-        data=dict(name=None, dir="/path/to/videocc3m_tfds", split="train", data_dir=None),
+        source="tfds", batch_size=batch_size, cache=False,
+        data=dict(name=None, dir=arg.data, split="train", data_dir=None),
+        # Resized as PIL / open_clip do (antialiased bicubic); the model normalises the pixels.
         pp=(f'sample_frames({num_frames}, mode="random_segment")|decode_video|'
-            f'random_resized_crop({image_size}, scale=(0.5, 1.0))|choose_caption|'
-            f'tokenize({text_len + 1})|keep("frames", "text")'))
-    config.optimizer.update(lr=1e-4, warmup_steps=1000, decay="linear")
-    config.total_steps = 100_000
-    config.checkpoint_every = 2000
-    config.evals = {}  # Add e.g. MSR-VTT retrieval / K400 classification on ingested data.
+            f'random_resized_crop({image_size}, scale=(0.5, 1.0), method="bicubic", '
+            f'antialias=True)|choose_caption|tokenize({text_len + 1})|keep("frames", "text")'))
+    if not arg.init:
+      config.input.update(tokenizer="/path/to/spm_64k.model", tokenizer_vocab_size=0)
+    config.optimizer.update(lr=lr, warmup_steps=warmup, decay="linear")
+    config.total_steps = steps
+    config.checkpoint_every = 2000 if arg.variant == "videocc3m" else 500
+    # Zero-shot evaluation on ingested benchmarks: configs/zeroshot.py (or add entries here).
+    config.evals = {}
     if arg.runlocal:
       config.input.batch_size = 8
       config.total_steps = 10
-  else:
-    config.total_steps = min(config.total_steps, 40)
-  apply_video_options(config, arg)
   if arg.mode == "frozen_ft":
     config.frozen_ft_boundary = config.total_steps // 4
   return config

@@ -14,8 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from videococa import config_utils
-from videococa.train import optim, sharding, trainer as trainer_lib
+from videococa import config_utils, errors
+from videococa.evaluators import prompts
+from videococa.models import presets
+from videococa.train import checkpoint, optim, sharding, trainer as trainer_lib
 
 B = 2  # Batch size of the abstract batches.
 COCA = "configs/coca.py"
@@ -189,14 +191,30 @@ def test_parameter_counts_match_the_paper():
     assert abs(count / expected - 1) < 0.02, (size, count)
 
 
-def test_init_brings_its_tokenizer():
-  config = config_utils.load_config(f"{VIDEOCOCA}:videocc3m,init=/some/dir")
-  assert config.input.tokenizer == "/some/dir/tokenizer.model"
-  assert config.input.tokenizer_vocab_size == 0  # Never retrain the image model's tokenizer.
-  assert config.init_from == "/some/dir"
-  shapes = config_utils.load_config(f"{SHAPES_VIDEO}:init=/some/dir")
-  assert shapes.input.tokenizer == "/some/dir/tokenizer.model"
+def test_init_brings_its_model_normalisation_and_tokenizer(tmp_path):
+  """`init=PATH` takes the model config (pixel statistics included) and tokenizer recorded in
+  PATH's meta, keeping the recipe's compute settings; without them, PATH/tokenizer.model."""
+  converted, bare = str(tmp_path / "converted"), str(tmp_path / "bare")
+  model = presets.get("openclip_coca_vit_b32").to_dict()
+  checkpoint.save_params(converted, {"w": np.zeros(2)},
+                         dict(model_name="coca", model=model, tokenizer="clip_bpe"))
+  checkpoint.save_params(bare, {"w": np.zeros(2)}, {})
+  config = config_utils.load_config(f"{VIDEOCOCA}:finetune,init={converted},mode=ft")
+  assert config.input.tokenizer == "clip_bpe" and config.input.tokenizer_vocab_size == 0
+  assert config.init_from == converted
+  assert tuple(config.model.image_mean) == presets.CLIP_IMAGE_MEAN
+  assert config.model.vision.image_size == 224 and config.model.max_len == 76
+  assert config.model.dtype == "bfloat16"  # The recipe's, not the checkpoint's float32.
+  assert config.model.video.variant == "attentional_pooler" and config.model.video.num_frames == 8
+  assert "resize" in config.input.pp and "tokenize(77)" in config.input.pp
+  plain = config_utils.load_config(f"{VIDEOCOCA}:videocc3m,init={bare}")
+  assert plain.input.tokenizer == f"{bare}/tokenizer.model"
+  assert tuple(plain.model.image_mean) == (0.5, 0.5, 0.5)  # The size preset's: [-1, 1].
+  shapes = config_utils.load_config(f"{SHAPES_VIDEO}:init={converted}")
+  assert shapes.input.tokenizer == "clip_bpe" and shapes.model.vision.image_size == 64
   assert config_utils.load_config(f"{VIDEOCOCA}:videocc3m").init_from == ""
+  with pytest.raises(errors.MissingPathError, match="No checkpoint directory at /some/dir"):
+    config_utils.load_config(f"{VIDEOCOCA}:videocc3m,init=/some/dir")
 
 
 def test_fresh_text_patterns_match_the_text_tower():
@@ -249,3 +267,38 @@ def test_frozen_ft_is_frozen_then_ft():
   for spec in (f"{VIDEOCOCA}:tiny,mode=frozen_ft", f"{SHAPES_VIDEO}:mode=frozen_ft"):
     config = config_utils.load_config(spec)
     assert 0 < config.frozen_ft_boundary == config.total_steps // 4 < config.total_steps
+
+
+def test_zeroshot_config_builds_each_benchmark_from_the_checkpoint(tmp_path):
+  ckpt = str(tmp_path / "converted")
+  checkpoint.save_params(ckpt, {"w": np.zeros(2)}, dict(
+      model_name="coca", model=presets.get("openclip_coca_vit_b32").to_dict(), tokenizer="clip_bpe"))
+  folders = {name: tmp_path / name for name in ("msrvtt", "k400", "imagenet", "coco")}
+  for folder in folders.values():
+    folder.mkdir()
+  (folders["k400"] / "class_names.txt").write_text("abseiling\nair drumming\n")
+  (folders["imagenet"] / "class_names.txt").write_text("".join(f"n{i:08d}\n" for i in range(1000)))
+  config = config_utils.load_config(
+      f"configs/zeroshot.py:ckpt={ckpt},msrvtt={folders['msrvtt']},kinetics={folders['k400']},"
+      f"imagenet={folders['imagenet']},coco={folders['coco']},frames=4")
+  assert {name: e.type for name, e in config.evals.items()} == {
+      "msrvtt_retrieval": "retrieval", "msrvtt_captioning": "captioning",
+      "kinetics_classification": "classification", "imagenet_classification": "classification",
+      "coco_captioning": "captioning", "coco_retrieval": "retrieval"}
+  assert config.input.tokenizer == "clip_bpe" and config.input.num_frames == 4
+  assert config.model.video.variant == "attentional_pooler"  # The paper's zero-shot VideoCoCa.
+  assert tuple(config.model.image_mean) == presets.CLIP_IMAGE_MEAN
+  assert config.evals.msrvtt_retrieval.pp.startswith(
+      'sample_frames(4)|decode_video|resize(224, method="bicubic", antialias=True)')
+  assert config.evals.coco_captioning.pp.startswith("decode_image|")
+  assert config.evals.msrvtt_captioning.decode.to_dict() == dict(method="beam", beam_size=4)
+  kinetics = config.evals.kinetics_classification
+  assert kinetics.class_names == f"{folders['k400']}/class_names.txt"
+  assert len(kinetics.templates) == 28 and kinetics.label_key == "label_id"
+  imagenet = config.evals.imagenet_classification
+  assert imagenet.class_names == prompts.IMAGENET_CLASS_NAMES_FILE  # 1000 synset folders.
+  with open(prompts.IMAGENET_CLASS_NAMES_FILE) as f:
+    assert [line.strip() for line in f][:2] == ["tench", "goldfish"]
+  assert len(imagenet.templates) == 80
+  with pytest.raises(ValueError, match="at least one benchmark"):
+    config_utils.load_config(f"configs/zeroshot.py:ckpt={ckpt}")

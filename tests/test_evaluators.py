@@ -13,7 +13,7 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from videococa import config_utils, evaluators  # noqa: E402
+from videococa import config_utils, errors, evaluators  # noqa: E402
 from videococa.data import pipeline, tokenizer  # noqa: E402
 from videococa.evaluators import metrics  # noqa: E402
 from videococa.models import coca  # noqa: E402
@@ -56,7 +56,8 @@ def env(shapes_tfds, tmp_path_factory):
   params = nn.unbox(init(jax.random.key(0)))  # Jitted: one compilation, not one per op.
   workdir = root / "workdir"
   checkpoint.save_params(str(workdir / "checkpoints"), params, {"model": "coca_tiny"})
-  return dict(config=config, model=model, params=params, workdir=workdir, data=data, tok=tok)
+  return dict(config=config, model=model, params=params, workdir=workdir, data=data, tok=tok,
+              tmp=root)
 
 
 def _mesh(size):
@@ -131,6 +132,18 @@ def test_classifier_averages_prompt_templates(env):
   np.testing.assert_allclose(got, expected, atol=1e-5)
   first_template = np.stack([embed(templates[0].format(c)) for c in names])
   assert not np.allclose(got, first_template, atol=1e-3)  # The average, not one template.
+  # Class names may come from a file (one per line, as ingest's class_names.txt).
+  names_file = env["tmp"] / "class_names.txt"
+  names_file.write_text("red circle\n\nblue square\n")
+  from_file = evaluators.build(
+      "cls", dict(type="classification", batch_size=2, data=env["data"], pp=PP,
+                  class_names=str(names_file), templates=templates),
+      model=model, mesh=_mesh(1), tokenizer=tok)
+  assert from_file.class_names == names
+  with pytest.raises(errors.MissingPathError, match=r"cls.class_names='/no/such.txt': cannot"):
+    evaluators.build("cls", dict(type="classification", batch_size=2, data=env["data"], pp=PP,
+                                 class_names="/no/such.txt", templates=templates),
+                     model=model, mesh=_mesh(1), tokenizer=tok)
 
 
 def test_retrieval_multi_caption_and_8_devices_match_1(env):

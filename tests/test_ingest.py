@@ -277,6 +277,35 @@ def test_ingest_images(tmp_path):
   assert [c.decode() for c in examples["grey.jpg"]["captions"]] == ["grey", "gray"]
 
 
+def test_image_class_folders_and_labels(tmp_path):
+  """ImageNet-style class folders (no annotations) give label / label_id and class_names.txt in
+  label_id order; an image CSV may give labels too, and MSR-VTT's `sentence` is a caption."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "val"
+  for label, colour in (("n02", (0, 200, 0)), ("n01", (200, 0, 0))):
+    (images / label).mkdir(parents=True)
+    for i in range(2):
+      Image.new("RGB", (20, 10), colour).save(images / label / f"{i}.jpg")
+  (images / "n01" / ".hidden").write_bytes(b"")
+  report = ingest.ingest_images(images, None, tmp_path / "out", "imagenet", split="validation")
+  assert report.written == {"validation": 4}
+  assert (tmp_path / "out" / "class_names.txt").read_text() == "n01\nn02\n"
+  builder = tfds.builder_from_directory(os.fspath(tmp_path / "out"))
+  examples = {ex["id"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset("validation"))}
+  assert sorted(examples) == ["n01/0.jpg", "n01/1.jpg", "n02/0.jpg", "n02/1.jpg"]
+  for name, example in examples.items():
+    assert example["label"].decode() == name[:3]
+    assert example["label_id"] == int(name[2]) - 1
+    assert np.argmax(example["image"][5, 10]) == (0 if name.startswith("n01") else 1)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ingest.AnnotationError, match="no class folders"):
+    ingest.ingest_images(tmp_path / "empty", None, tmp_path / "out2", "x")
+  ann = write_csv(tmp_path / "ann.csv", [{"image": "n01/0.jpg", "label": "cat"},
+                                         {"image": "n02/0.jpg", "sentence": "a green image"}])
+  entries = ingest.read_annotations(ann, images, "image")
+  assert [(e.label, e.captions) for e in entries] == [("cat", ()), ("", ("a green image",))]
+
+
 def _cli(*args):
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
   return subprocess.run([sys.executable, "-m", "videococa.data.ingest", *args], cwd=ROOT,

@@ -196,3 +196,21 @@ def test_code_words_skip_docstrings_and_comments():
   source = "\n".join(['"""motion in a docstring."""', "# motion in a comment", "def f():",
                       '  """motion."""', '  x = "motion"'])
   assert [(line, text) for line, text in code_words(source) if "motion" in text] == [(5, "motion")]
+
+
+def test_torch_and_open_clip_are_test_only_dependencies():
+  """torch, torchvision and open_clip appear only in tests. One exception: the converter imports
+  torch (inside a function) to read and write the pickled .pt/.pth/.bin formats; .safetensors
+  weights need no torch."""
+  allowed = {("videococa/tools/openclip.py", "torch")}
+  offenders = []
+  for root, dirs, files in os.walk(PACKAGE):
+    dirs[:] = [d for d in dirs if d != "__pycache__"]
+    for path in (os.path.join(root, f) for f in files if f.endswith(".py")):
+      for line, module in imported_modules(_read(path), path, _package_of(path)):
+        if (module.split(".")[0] in ("torch", "torchvision", "open_clip")
+            and (_rel(path), module) not in allowed):
+          offenders.append(f"{_rel(path)}:{line}: imports {module}")
+  assert not offenders, "\n".join(offenders)
+  sample = "import os\ndef f():\n  from torch import nn\n"
+  assert [m for _, m in imported_modules(sample)][1:] == ["torch", "torch.nn"]

@@ -84,6 +84,25 @@ def test_image_is_a_one_frame_clip(tiny):
     np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_uint8_frames_are_normalised_with_the_configs_pixel_statistics(tiny):
+  """uint8 pixels go through `(x / 255 - image_mean) / image_std` inside the model; floats are
+  taken as normalised. Checked against numpy, at the default [-1, 1] and at CLIP's statistics."""
+  cfg, _, params = tiny
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 1, 32, 32, 3)).astype(np.uint8)
+  for mean, std in (((0.5,) * 3, (0.5,) * 3), (presets.CLIP_IMAGE_MEAN, presets.CLIP_IMAGE_STD)):
+    model = coca.Model(**{**cfg, "image_mean": mean, "image_std": std})
+    expected = (pixels / 255.0 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(coca.normalize_pixels(pixels, mean, std), expected, atol=1e-6)
+    from_uint8 = model.apply({"params": params}, pixels, method="encode_visual")[0]
+    from_float = model.apply({"params": params}, expected.astype(np.float32),
+                             method="encode_visual")[0]
+    np.testing.assert_allclose(from_uint8, from_float, atol=1e-6)
+  clip_model = coca.Model(**{**cfg, "image_mean": presets.CLIP_IMAGE_MEAN})
+  default = coca.Model(**cfg).apply({"params": params}, pixels, method="encode_visual")[0]
+  assert np.abs(clip_model.apply({"params": params}, pixels, method="encode_visual")[0]
+                - default).max() > 1e-3
+
+
 @pytest.mark.slow
 def test_causal_masks_leak_nothing(tiny):
   """Changing token t+1 leaves every output at positions <= t unchanged."""

@@ -20,6 +20,7 @@ from flax import traverse_util
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
+from tests import openclip_helpers  # noqa: E402
 from videococa.models import coca, presets  # noqa: E402
 from videococa.tools import convert, openclip
 from videococa.train import checkpoint  # noqa: E402
@@ -37,16 +38,6 @@ TINY_COCA = dict(
 TINY_COCA_PACKED = copy.deepcopy(TINY_COCA)
 TINY_COCA_PACKED["vision_cfg"].update(width=32, head_width=8)
 TINY_COCA_PACKED["quick_gelu"] = True
-
-
-def _perturbed(model, seed=0):
-  """`model` in float32 eval mode with every parameter redrawn at random (LayerNorm scales ~1)."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      p.normal_(1.0 if p.ndim == 1 and name.endswith("weight") else 0.0,
-                0.1 if p.ndim <= 1 else 0.02, generator=gen)
-  return model.float().eval()
 
 
 def _inputs(image_size, context, vocab, seed=0):
@@ -145,14 +136,14 @@ def _assert_round_trips(config, model, params):
 
 @pytest.fixture(scope="module")
 def coca_b32():
-  model = _perturbed(open_clip.create_model("coca_ViT-B-32"))
+  model = openclip_helpers.perturbed(open_clip.create_model("coca_ViT-B-32"))
   config = openclip.get_config("coca_ViT-B-32")
   return config, model, openclip.to_videococa(model.state_dict(), config)
 
 
 @pytest.fixture(scope="module", params=[TINY_COCA, TINY_COCA_PACKED], ids=["tiny", "tiny_packed"])
 def tiny_coca(request):
-  model = _perturbed(open_clip.CoCa(**copy.deepcopy(request.param)))
+  model = openclip_helpers.perturbed(open_clip.CoCa(**copy.deepcopy(request.param)))
   config = openclip.config_from_openclip(request.param)
   return request.param, config, model, openclip.to_videococa(model.state_dict(), config)
 
@@ -180,7 +171,7 @@ def test_coca_b32_round_trips_exactly(coca_b32):
 
 @pytest.mark.slow
 def test_clip_b32_matches_open_clip_and_round_trips():
-  model = _perturbed(open_clip.create_model("ViT-B-32"))
+  model = openclip_helpers.perturbed(open_clip.create_model("ViT-B-32"))
   config = openclip.get_config("ViT-B-32")
   params = openclip.to_videococa(model.state_dict(), config)
   _assert_parity("ViT-B-32", config, model, params)
@@ -233,7 +224,9 @@ def test_cli_round_trip_with_training_checkpoint_and_safetensors(tiny_coca, tmp_
                 traverse_util.flatten_dict(params))
   assert meta["model_name"] == "coca"
   assert meta["model"] == json.loads(json.dumps(config.to_dict()))
-  assert meta["image_normalization"]["mean"] == list(openclip.IMAGE_MEAN)
+  assert meta["model"]["image_mean"] == list(presets.CLIP_IMAGE_MEAN)
+  assert meta["model"]["image_std"] == list(presets.CLIP_IMAGE_STD)
+  assert meta["tokenizer"] == "clip_bpe"
   result = _cli("to_open_clip", f"--model={model_json}", f"--checkpoint={tmp_path / 'ours'}",
                 f"--out={tmp_path / 'back.safetensors'}")
   assert result.returncode == 0, result.stderr
@@ -241,6 +234,37 @@ def test_cli_round_trip_with_training_checkpoint_and_safetensors(tiny_coca, tmp_
   _assert_equal(state, _state(model))
   fresh = open_clip.CoCa(**copy.deepcopy(cfg))
   fresh.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tiny_coca", [TINY_COCA], indirect=True, ids=["tiny"])
+def test_safetensors_convert_without_torch(tiny_coca, tmp_path):
+  """A bfloat16 .safetensors file (as published on the Hugging Face hub) converts in a process
+  where torch cannot be imported, and back; the values are the bfloat16 ones, exactly."""
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+  cfg, config, model, _ = tiny_coca
+  (tmp_path / "tiny.json").write_text(json.dumps(cfg))
+  save_file({k: v.bfloat16().contiguous() for k, v in model.state_dict().items()},
+            tmp_path / "model.safetensors")
+  no_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+              "runpy.run_module('videococa.tools.convert', run_name='__main__')")
+  for argv in (["from_open_clip", f"--checkpoint={tmp_path / 'model.safetensors'}",
+                f"--out={tmp_path / 'ours'}"],
+               ["to_open_clip", f"--checkpoint={tmp_path / 'ours'}",
+                f"--out={tmp_path / 'back.safetensors'}"]):
+    result = subprocess.run([sys.executable, "-c", no_torch, "convert", *argv,
+                             f"--model={tmp_path / 'tiny.json'}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+  bf16 = {k: v.bfloat16().float().numpy() for k, v in model.state_dict().items()}
+  loaded, _ = checkpoint.load_params(str(tmp_path / "ours"))
+  _assert_equal(traverse_util.flatten_dict(jax.device_get(loaded)),
+                traverse_util.flatten_dict(openclip.to_videococa(bf16, config)))
+  _assert_equal(openclip.load_state_dict(str(tmp_path / "back.safetensors")), bf16)
+  (tmp_path / "x.pt").write_bytes(b"")
+  result = subprocess.run([sys.executable, "-c", no_torch, "convert", "from_open_clip",
+                           f"--checkpoint={tmp_path / 'x.pt'}", f"--out={tmp_path / 'o'}",
+                           f"--model={tmp_path / 'tiny.json'}"], capture_output=True, text=True)
+  assert result.returncode == 2 and "needs PyTorch (`pip install torch`)" in result.stderr
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Helpers for config files: `file.py:arg` parsing (big_vision's `parse_arg`, simplified)."""
+"""Helpers for config files: `file.py:arg` parsing (big_vision's `parse_arg`, simplified), loading,
+the `runlocal` shrink, and starting a recipe from a checkpoint's model and tokenizer."""
 from __future__ import annotations
 
 import importlib.util
@@ -54,3 +55,30 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` the way `--config=` does (for tests and the main job)."""
   path, _, arg = spec.partition(":")
   return import_config_file(path).get_config(arg or None)
+
+
+# Model fields that choose how the weights are computed with, not what they are: a recipe that
+# starts from a checkpoint keeps its own values of these.
+COMPUTE_FIELDS = ("dtype", "remat_policy", "attention_impl")
+
+
+def init_from_checkpoint(config: ml_collections.ConfigDict, path: str, model: bool = True
+                         ) -> dict:
+  """Points `config` at checkpoint `path` (a training workdir or a `videococa.tools.convert`
+  output): `config.init_from`, with `model` the model (`model_name`, `model` from the
+  checkpoint's meta, keeping the recipe's `COMPUTE_FIELDS`; so the pixel normalisation
+  `image_mean` / `image_std` comes along), and the tokenizer (the meta's, e.g. 'clip_bpe' for open_clip weights, else
+  PATH/tokenizer.model). Returns the meta.
+  """
+  from videococa.train import checkpoint  # pylint: disable=g-import-not-at-top  (orbax)
+  meta = checkpoint.read_meta(path)
+  config.init_from = path
+  if model and meta.get("model"):
+    compute = {k: config.model[k] for k in COMPUTE_FIELDS if k in config.model}
+    config.model_name = meta.get("model_name", config.model_name)
+    config.model = ml_collections.ConfigDict({**meta["model"], **compute})
+  tokenizer = meta.get("tokenizer")
+  config.input.tokenizer = (tokenizer.format(workdir=path) if tokenizer
+                            else os.path.join(path, "tokenizer.model"))
+  config.input.tokenizer_vocab_size = 0  # Never retrain a tokenizer: its ids would not match.
+  return meta

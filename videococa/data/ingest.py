@@ -10,7 +10,7 @@ Input: a folder of media files plus an annotation file, in the shape of MSR-VTT,
     "caption"}]}`; for images, COCO's `{"images": [...], "annotations": [...]}`.
 
 A path without an extension that does not exist (MSR-VTT `video0`, VATEX ids) is matched by stem.
-Every entry needs a caption or a label (images: a caption); a bad entry stops the build with an
+Every entry needs a caption or a label; a bad entry stops the build with an
 error naming the file, the row and the column, before anything is decoded.
 
 Output: a prepared TFDS dataset directory, read with `tfds.builder_from_directory(out_dir)`
@@ -22,7 +22,9 @@ Output: a prepared TFDS dataset directory, read with `tfds.builder_from_director
   label:    Text ('' without one); plus `label_id`: ClassLabel (sorted label names, -1 without
             one) when the annotations have labels.
   id:       Text: the annotation's path, plus '@start-end' for a segment.
-Images: `image` (H, W, 3) uint8 JPEG, `captions`, `id`.
+Images: `image` (H, W, 3) uint8 JPEG, `captions`, `label` (+ `label_id`), `id`. Without
+--annotations, `image` reads ImageNet-style class folders (DIR/<class>/<file>: label = <class>).
+With labels, OUT_DIR/class_names.txt lists the label names in `label_id` order.
 
 Missing, empty, corrupt, truncated or undecodable files are skipped; each is listed with its reason
 in OUT_DIR/ingest_report.json and counted in a one-line summary. If none can be read, the command
@@ -32,6 +34,8 @@ column, else --split.
   python -m videococa.data.ingest video --videos=DIR --annotations=ann.csv --out=OUT --name=msrvtt \
       [--split=train] [--num_frames=8 | --fps=2] [--short_side=224] [--jpeg_quality=90] [--workers=4]
   python -m videococa.data.ingest image --images=DIR --annotations=ann.csv --out=OUT --name=coco
+  python -m videococa.data.ingest image --images=IMAGENET/val --split=validation --out=OUT \
+      --name=imagenet  # class folders
 
 `decode_video` is the decoder used here, reusable on its own (e.g. to benchmark decoding).
 This module imports TensorFlow only to write the dataset, so decoding workers stay light.
@@ -59,8 +63,13 @@ from videococa import cli, errors
 
 VERSION = "1.0.0"
 REPORT_FILENAME = "ingest_report.json"
-# Keys other annotation formats use for ours (VATEX: videoID / enCap; MSR-VTT: video_id).
-_KEY_ALIASES = {"videoID": "video", "video_id": "video", "enCap": "captions"}
+# The label names in `label_id` order, one per line (written when the annotations have labels):
+# the class names of zero-shot classification (edit them into readable names if need be).
+CLASS_NAMES_FILENAME = "class_names.txt"
+# Keys other annotation formats use for ours (VATEX: videoID / enCap; MSR-VTT: video_id, and
+# `sentence` in the JSFusion 1k-A test CSV).
+_KEY_ALIASES = {"videoID": "video", "video_id": "video", "enCap": "captions",
+                "sentence": "caption"}
 # A file whose frames end more than max(this many frames, this fraction of the duration) before
 # its header says (or before the segment end) is reported as truncated.
 _TRUNCATION_TOLERANCE_FRAMES = 2
@@ -290,7 +299,7 @@ def read_annotations(path, media_dir, kind="video", split="train"):
   Args:
     path: the annotation file (.csv or .json).
     media_dir: the folder the media paths in it are relative to.
-    kind: 'video' or 'image': the name of the path column; images take no label nor segment.
+    kind: 'video' or 'image': the name of the path column; images take no segment.
     split: the split of rows without a `split` column.
 
   Returns:
@@ -324,7 +333,7 @@ def _csv_rows(path):
   with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM.
     reader = csv.DictReader(f)
     for row in reader:
-      yield f"{path}, row {reader.line_num}", row
+      yield f"{path}, row {reader.line_num}", {_KEY_ALIASES.get(k, k): v for k, v in row.items()}
 
 
 def _json_rows(path, kind):
@@ -375,10 +384,10 @@ def _entry(row, where, kind, media_dir, default_split):
                           f"{kind}s folder); columns present: {sorted(k for k in row if k)}")
   name = str(name).strip()
   captions = _captions(row, where)
-  label = "" if kind == "image" else str(row.get("label") or "").strip()
+  label = str(row.get("label") or "").strip()
   if not captions and not label:
-    needs = "'caption' or 'captions'" + ("" if kind == "image" else " (or a 'label')")
-    raise AnnotationError(f"{where}: missing column {needs} for {name!r}")
+    raise AnnotationError(f"{where}: missing column 'caption' or 'captions' (or a 'label') for "
+                          f"{name!r}")
   start, end = (_seconds(row, k, where) if kind == "video" else None for k in ("start", "end"))
   if start is not None and end is not None and end <= start:
     raise AnnotationError(f"{where}: column 'end' ({end}) must be after 'start' ({start})")
@@ -493,17 +502,42 @@ def ingest_videos(videos_dir, annotations, out_dir, name, split="train", num_fra
   labels = sorted({e.label for e in entries} - {""})
   config = dict(kind="video", num_frames=num_frames, fps=fps, short_side=short_side,
                 jpeg_quality=jpeg_quality, labels=labels)
-  return _ingest(entries, decode, functools.partial(_video_features, labels), out_dir, name,
+  return _ingest(entries, decode, functools.partial(_features, "video", labels), out_dir, name,
                  annotations, config, workers)
 
 
 def ingest_images(images_dir, annotations, out_dir, name, split="train", short_side=None,
                   jpeg_quality=90, workers=1):
-  """Like `ingest_videos`, for (image path, caption(s)) annotations; features image/captions/id."""
-  entries = read_annotations(annotations, images_dir, "image", split)
+  """Like `ingest_videos`, for images (features image/captions/label/id, label_id with labels).
+
+  `annotations=None` reads ImageNet-style class folders: every image file under
+  `images_dir/<class>/` is an example labelled `<class>`, in split `split`.
+  """
+  if annotations is None:
+    entries = read_class_folders(images_dir, split)
+    annotations = os.fspath(images_dir)
+  else:
+    entries = read_annotations(annotations, images_dir, "image", split)
   decode = functools.partial(_image_example, short_side=short_side, jpeg_quality=jpeg_quality)
-  config = dict(kind="image", short_side=short_side, jpeg_quality=jpeg_quality)
-  return _ingest(entries, decode, _image_features, out_dir, name, annotations, config, workers)
+  labels = sorted({e.label for e in entries} - {""})
+  config = dict(kind="image", short_side=short_side, jpeg_quality=jpeg_quality, labels=labels)
+  return _ingest(entries, decode, functools.partial(_features, "image", labels), out_dir, name,
+                 annotations, config, workers)
+
+
+def read_class_folders(images_dir, split="train"):
+  """Entries (label = folder name, no caption) of the files in `images_dir/<class>/`, sorted."""
+  images_dir = os.path.abspath(images_dir)
+  classes = sorted(d for d in os.listdir(images_dir)
+                   if os.path.isdir(os.path.join(images_dir, d)) and not d.startswith("."))
+  entries = [Entry(id=f"{label}/{f}", path=os.path.join(images_dir, label, f), captions=(),
+                   label=label, split=split)
+             for label in classes for f in sorted(os.listdir(os.path.join(images_dir, label)))
+             if not f.startswith(".") and os.path.isfile(os.path.join(images_dir, label, f))]
+  if not entries:
+    raise AnnotationError(f"{images_dir}: no class folders with files (expected "
+                          "DIR/<class>/<image>), and no --annotations given.")
+  return entries
 
 
 def _video_example(entry, num_frames, fps, short_side, jpeg_quality):
@@ -515,25 +549,20 @@ def _video_example(entry, num_frames, fps, short_side, jpeg_quality):
 def _image_example(entry, short_side, jpeg_quality):
   image = load_image(entry.path, short_side)
   return {"image": encode_jpeg(image, jpeg_quality), "captions": list(entry.captions),
-          "id": entry.id}
+          "label": entry.label, "id": entry.id}
 
 
-def _video_features(labels):
+def _features(kind, labels):
+  """TFDS features of a `kind` ('video' or 'image') dataset; `label_id` when there are labels."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  features = {"video": tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg"),
-              "captions": tfds.features.Sequence(tfds.features.Text()),
+  media = (tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg")
+           if kind == "video" else
+           tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"))
+  features = {kind: media, "captions": tfds.features.Sequence(tfds.features.Text()),
               "label": tfds.features.Text(), "id": tfds.features.Text()}
   if labels:
     features["label_id"] = tfds.features.ClassLabel(names=labels)
   return tfds.features.FeaturesDict(features)
-
-
-def _image_features():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-      "captions": tfds.features.Sequence(tfds.features.Text()),
-      "id": tfds.features.Text()})
 
 
 def _ingest(entries, decode, features_fn, out_dir, name, annotations, config, workers):
@@ -559,7 +588,11 @@ def _ingest(entries, decode, features_fn, out_dir, name, annotations, config, wo
     if not report.written:
       raise NoUsableInputs(f"None of the {len(entries)} entries of {annotations} could be read; "
                            f"reasons in {os.path.join(out_dir, REPORT_FILENAME)}")
-    label_ids = {label: i for i, label in enumerate(config.get("labels", []))}
+    labels = config.get("labels", [])
+    label_ids = {label: i for i, label in enumerate(labels)}
+    if labels:
+      with open(os.path.join(out_dir, CLASS_NAMES_FILENAME), "w", encoding="utf-8") as f:
+        f.write("".join(f"{label}\n" for label in labels))
     _write_tfds(name, features_fn(), staging, sorted(report.written), label_ids, out_dir,
                 description=f"Ingested by videococa.data.ingest from {annotations}: {config}")
   finally:
@@ -639,7 +672,8 @@ def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("videos", None, "Folder of the videos (for `video`).")
   flags.DEFINE_string("images", None, "Folder of the images (for `image`).")
-  flags.DEFINE_string("annotations", None, "CSV or JSON annotation file.", required=True)
+  flags.DEFINE_string("annotations", None, "CSV or JSON annotation file (`image`: optional, "
+                      "without it --images holds class folders).")
   flags.DEFINE_string("out", None, "Dataset directory to create.", required=True)
   flags.DEFINE_string("name", None, "Dataset name.", required=True)
   flags.DEFINE_string("split", "train", "Split of entries without a `split` column.")
@@ -662,6 +696,8 @@ def main(argv):
     raise app.UsageError(f"`{kind}` needs --{kind}s=DIR, the folder of the {kind}s.")
   if FLAGS.num_frames is not None and FLAGS.fps is not None:
     raise app.UsageError("Give --num_frames or --fps, not both.")
+  if kind == "video" and FLAGS.annotations is None:
+    raise app.UsageError("`video` needs --annotations=FILE (CSV or JSON).")
   common = dict(out_dir=FLAGS.out, name=FLAGS.name, split=FLAGS.split,
                 short_side=FLAGS.short_side, jpeg_quality=FLAGS.jpeg_quality,
                 workers=FLAGS.workers)

@@ -21,9 +21,9 @@ Keys:
            them, e.g. the shapes project's `motion_negatives`), read by the contrastive loss.
   _seed    int64 `[2]` per-example stateless seed, added by the pipeline (`SEED_KEY`).
 
-Frames stay uint8 throughout: the trainer normalises on device (`trainer.model_inputs`), which
-moves 4x fewer bytes host -> device than float32. `value_range` exists for float consumers but is
-not part of the default strings.
+Frames stay uint8 throughout: the model normalises them on device with its config's
+`image_mean` / `image_std`, which moves 4x fewer bytes host -> device than float32. `value_range`
+and `normalize` exist for float consumers but are not part of the default strings.
 
 Decoding only what is used: `sample_frames` works on whatever clip the example holds, so
 `sample_frames(8)|decode_video` decodes 8 JPEGs while `decode_video|sample_frames(8)` decodes all T
@@ -163,7 +163,7 @@ def decode_frames(encoded: tf.Tensor) -> tf.Tensor:
   """
   if encoded.dtype == tf.uint8:
     return encoded
-  decode = lambda b: tf.io.decode_image(b, channels=3, expand_animations=False)  # noqa: E731
+  decode = decode_single
   num = encoded.shape[0]
   if num is not None:
     frames = tf.stack([decode(encoded[i]) for i in range(num)])
@@ -175,10 +175,19 @@ def decode_frames(encoded: tf.Tensor) -> tf.Tensor:
 
 
 def decode_single(encoded: tf.Tensor) -> tf.Tensor:
-  """string `[]` JPEG/PNG -> uint8 `[H, W, 3]`; uint8 input is returned as is."""
+  """string `[]` JPEG/PNG -> uint8 `[H, W, 3]`; uint8 input is returned as is.
+
+  JPEGs use libjpeg's accurate integer DCT, as PIL does (bit-identical pixels); TensorFlow's
+  default, the fast DCT, is up to 6 levels off.
+  """
   if encoded.dtype == tf.uint8:
     return encoded
-  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image = tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+      lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+  image.set_shape([None, None, 3])
+  return image
 
 
 def frame_indices(num_available: tf.Tensor, num_frames: int, mode: str,
@@ -203,9 +212,23 @@ def frame_indices(num_available: tf.Tensor, num_frames: int, mode: str,
   raise ValueError(f"sample_frames mode={mode!r}; choose 'uniform' or 'random_segment'.")
 
 
-def _resize_frames(frames: tf.Tensor, height, width) -> tf.Tensor:
-  """Bilinear resize of `[T, H, W, C]` (no antialiasing); uint8 in -> rounded uint8 out."""
-  out = tf.image.resize(frames, tf.stack([height, width]), method="bilinear")
+RESIZE_METHODS = ("bilinear", "bicubic")
+
+
+def _check_method(method: str) -> None:
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"method={method!r}; choose one of {RESIZE_METHODS}.")
+
+
+def _resize_frames(frames: tf.Tensor, height, width, method: str = "bilinear",
+                   antialias: bool = False) -> tf.Tensor:
+  """Resize of `[T, H, W, C]`; uint8 in -> rounded uint8 out.
+
+  `method='bicubic', antialias=True` is PIL's `Image.resize(..., BICUBIC)` (what open_clip's
+  preprocessing uses) up to rounding: PIL rounds to uint8 between its horizontal and vertical
+  passes, TensorFlow resizes in float (tests/test_openclip_e2e.py measures the gap).
+  """
+  out = tf.image.resize(frames, tf.stack([height, width]), method=method, antialias=antialias)
   if frames.dtype == tf.uint8:
     out = tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
   out.set_shape([frames.shape[0], tf.get_static_value(height), tf.get_static_value(width),
@@ -272,15 +295,18 @@ def get_sample_frames(num_frames: int, mode: str = "uniform") -> Op:
 
 @register("random_resized_crop")
 def get_random_resized_crop(size: int, scale: tuple[float, float] = (0.08, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Op:
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3), method: str = "bilinear",
+                            antialias: bool = False) -> Op:
   """Inception-style crop of `frames`, resized to `[T, size, size, 3]`; one crop for all frames.
 
   The crop covers a fraction in `scale` of the frame area with aspect ratio (w/h) in `ratio`
   (the whole frame if no such crop is found in 10 tries). Random crops move objects between
-  positions: mind captions that name positions ("top left") when choosing `scale`.
+  positions: mind captions that name positions ("top left") when choosing `scale`. open_clip
+  trains with `scale=(0.9, 1.0), method="bicubic", antialias=True`.
   """
   if not 0 < scale[0] <= scale[1] <= 1:
     raise ValueError(f"scale={scale} must satisfy 0 < min <= max <= 1.")
+  _check_method(method)
 
   def fn(example):
     frames = _check_frames(example, "random_resized_crop")
@@ -289,28 +315,33 @@ def get_random_resized_crop(size: int, scale: tuple[float, float] = (0.08, 1.0),
         seed=next_seed(example), min_object_covered=0.0, aspect_ratio_range=ratio,
         area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
     frames = frames[:, begin[0]:begin[0] + crop[0], begin[1]:begin[1] + crop[1]]
-    example["frames"] = _resize_frames(frames, size, size)
+    example["frames"] = _resize_frames(frames, size, size, method, antialias)
     return example
   return fn
 
 
 @register("resize")
-def get_resize(size: int, crop: bool = True) -> Op:
+def get_resize(size: int, crop: bool = True, method: str = "bilinear",
+               antialias: bool = False) -> Op:
   """Deterministic resize of `frames` to `[T, size, size, 3]` (eval).
 
-  crop=True: resize so that the short side is `size` (keeping the aspect ratio), then take the
-  central size x size crop. crop=False: plain resize to size x size (distorts non-square frames).
+  crop=True: resize so that the short side is `size` (the long side becomes
+  floor(size * long / short)), then take the central size x size crop (offsets rounded half to
+  even): torchvision's `Resize(size)` + `CenterCrop(size)`, so `method="bicubic", antialias=True`
+  is open_clip's evaluation preprocessing. crop=False: plain resize to size x size (distorts
+  non-square frames).
   """
+  _check_method(method)
+
   def fn(example):
     frames = _check_frames(example, "resize")
     if not crop:
-      example["frames"] = _resize_frames(frames, size, size)
+      example["frames"] = _resize_frames(frames, size, size, method, antialias)
       return example
     hw = tf.cast(tf.shape(frames)[1:3], tf.float64)
-    new_hw = tf.maximum(tf.cast(tf.math.ceil(hw * size / tf.reduce_min(hw) - 1e-6), tf.int32),
-                        size)
-    frames = _resize_frames(frames, new_hw[0], new_hw[1])
-    top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
+    new_hw = tf.maximum(tf.cast(hw * size / tf.reduce_min(hw), tf.int32), size)
+    frames = _resize_frames(frames, new_hw[0], new_hw[1], method, antialias)
+    top, left = tf.unstack(tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2), tf.int32))
     frames = frames[:, top:top + size, left:left + size]
     frames.set_shape([frames.shape[0], size, size, frames.shape[3]])
     example["frames"] = frames
@@ -339,6 +370,24 @@ def get_value_range(vmin: float = -1.0, vmax: float = 1.0) -> Op:
   def fn(example):
     frames = tf.cast(_check_frames(example, "value_range"), tf.float32)
     example["frames"] = vmin + frames * ((vmax - vmin) / 255.0)
+    return example
+  return fn
+
+
+@register("normalize")
+def get_normalize(mean: tuple[float, float, float], std: tuple[float, float, float]) -> Op:
+  """uint8 `frames` -> float32 `(frames / 255 - mean) / std` per RGB channel.
+
+  Not needed with videococa models: they normalise uint8 frames with their config's
+  `model.image_mean` / `image_std` (set from the checkpoint they start from); float frames are
+  taken as already normalised. For other float consumers.
+  """
+  if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+    raise ValueError(f"mean={mean}, std={std}: give three values each, std > 0.")
+
+  def fn(example):
+    frames = tf.cast(_check_frames(example, "normalize"), tf.float32) / 255.0
+    example["frames"] = (frames - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
     return example
   return fn
 

@@ -5,8 +5,10 @@ Class c's classifier is the mean over templates t of the (unit) text embeddings 
 clip's scores are the dot products of its image embedding with the C classifiers.
 
 Config fields (besides `common.COMMON_FIELDS`):
-  class_names: [C] names, in label order (label i is class_names[i]).
-  templates: prompt templates, each with one '{}' (e.g. 'a video of {}.').
+  class_names: [C] names, in label order (label i is class_names[i]), or the path of a text file
+    with one name per line (e.g. the `class_names.txt` that `videococa.data.ingest` writes).
+  templates: prompt templates, each with one '{}' (e.g. 'a video of {}.'); `prompts.py` has
+    CLIP's ImageNet and Kinetics sets.
   label_key: the pp key holding the int label ('label').
   text_batch_size: prompts per text batch (0: batch_size).
 
@@ -18,8 +20,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from videococa import errors
 from videococa.evaluators import common, metrics
 from videococa.models import coca
+
+
+def read_class_names(class_names, where: str) -> list[str]:
+  """A list of names, or the path of a file with one name per line (blank lines ignored)."""
+  if not isinstance(class_names, str):
+    return [str(c) for c in class_names]
+  try:
+    with open(class_names, encoding="utf-8") as f:
+      return [line.strip() for line in f if line.strip()]
+  except OSError as e:
+    raise errors.MissingPathError(f"{where}={class_names!r}: cannot read it ({e.strerror}); give "
+                                  "a file with one class name per line, in label order.") from None
 
 
 class Classification(common.Evaluator):
@@ -29,7 +44,7 @@ class Classification(common.Evaluator):
 
   def __init__(self, name, eval_config, **kwargs):
     super().__init__(name, eval_config, **kwargs)
-    self.class_names = [str(c) for c in self.cfg["class_names"]]
+    self.class_names = read_class_names(self.cfg["class_names"], f"{self.where}.class_names")
     self.templates = [str(t) for t in self.cfg["templates"]]
     if not self.class_names or len(set(self.class_names)) != len(self.class_names):
       raise ValueError(f"{self.where}.class_names={self.class_names}: give distinct names, one per "

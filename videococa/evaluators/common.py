@@ -22,7 +22,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from videococa.models import coca
 from videococa.train import sharding
 
 REQUIRED = object()  # Marks a config field without a default.
@@ -134,8 +133,8 @@ def eval_batches(data: Mapping[str, Any], pp: str, batch_size: int, mesh: jax.sh
 
 
 def encode_visual(model, params, frames):
-  """`Model.encode_visual` on uint8 (or [-1, 1]) frames `[batch, T, H, W, 3]`."""
-  return model.apply({"params": params}, coca.to_unit_range(frames), method="encode_visual")
+  """`Model.encode_visual` on uint8 (or normalised float) frames `[batch, T, H, W, 3]`."""
+  return model.apply({"params": params}, frames, method="encode_visual")
 
 
 def _image_embedding(model, params, frames):

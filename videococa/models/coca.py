@@ -24,12 +24,22 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
-def to_unit_range(frames: jax.Array) -> jax.Array:
-  """uint8 frames in [0, 255] -> float32 in [-1, 1], the model's input range (done on the device:
-  uint8 moves 4x fewer bytes host -> device); other dtypes are taken as already in range."""
-  if frames.dtype == jnp.uint8:
-    return frames.astype(jnp.float32) / 127.5 - 1.0
-  return frames
+# Per-channel mean and std taking [0, 1] pixels to [-1, 1]: the input range of CoCa trained here.
+UNIT_RANGE_MEAN = (0.5, 0.5, 0.5)
+UNIT_RANGE_STD = (0.5, 0.5, 0.5)
+
+
+def normalize_pixels(frames: jax.Array, mean: Sequence[float], std: Sequence[float]
+                     ) -> jax.Array:
+  """uint8 pixels `[..., 3]` in [0, 255] -> float32 `(pixels / 255 - mean) / std` per channel.
+
+  Float input is returned unchanged: it is taken as already normalised (e.g. by the pp op
+  `normalize`). Batches stay uint8 up to here, which moves 4x fewer bytes host -> device.
+  """
+  if frames.dtype != jnp.uint8:
+    return frames
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  return (frames.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def init_inputs(model_config: Any, batch_size: int = 1, num_frames: int = 1
@@ -46,10 +56,13 @@ class Model(nn.Module):
   named ones); `video` picks how clips are encoded (`videococa/models/video.py`).
 
   `__call__(frames, tokens)` with frames `[batch, frames, H, W, 3]` (or images `[batch, H, W, 3]`)
-  in [-1, 1] and tokens `[batch, len]` int returns a dict:
+  and tokens `[batch, len]` int returns a dict:
     image_emb `[batch, embed_dim]`, text_emb `[batch, embed_dim]` (both L2-normalised, float32),
     hidden `[batch, len, width]` (decoder output; `logits(hidden)` gives the vocabulary logits),
     logit_scale `[]` (clamped exp of the learned inverse temperature).
+  Frames are uint8 pixels, normalised inside with `image_mean` / `image_std` (the pixel statistics
+  the weights were trained with: [-1, 1] for models trained here, CLIP's for open_clip weights),
+  or floats already normalised.
   """
   embed_dim: int
   vocab_size: int
@@ -69,6 +82,8 @@ class Model(nn.Module):
   remat_policy: str = "none"
   ln_eps: float = 1e-6
   mlp_act: str = "gelu"
+  image_mean: Sequence[float] = UNIT_RANGE_MEAN  # Of [0, 1] pixels, per RGB channel.
+  image_std: Sequence[float] = UNIT_RANGE_STD
   decoding: bool = False  # Incremental captioning with KV caches (see `decode_step`).
 
   def setup(self):
@@ -118,8 +133,9 @@ class Model(nn.Module):
         nn.initializers.constant(math.log(1.0 / self.temperature_init)), ()), ())
 
   def encode_visual(self, frames):
-    """`[batch, frames, H, W, 3]` (or `[batch, H, W, 3]`) -> (image_emb `[batch, embed_dim]`
-    normalised, captioning tokens `[batch, tokens, width]`)."""
+    """`[batch, frames, H, W, 3]` (or `[batch, H, W, 3]`; uint8 pixels or normalised floats) ->
+    (image_emb `[batch, embed_dim]` unit length, captioning tokens `[batch, tokens, width]`)."""
+    frames = normalize_pixels(frames, self.image_mean, self.image_std)
     if frames.ndim == 4:
       frames = frames[:, None]
     tokens = self.visual(frames)  # [batch, frames, tokens, width]

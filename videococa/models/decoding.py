@@ -78,7 +78,8 @@ def generate(model: coca.Model, params: Any, caption_tokens: jax.Array, *, max_n
 
 
 def caption(model: coca.Model, params: Any, frames: jax.Array, **kwargs) -> dict[str, jax.Array]:
-  """`generate` on frames `[batch, frames, H, W, 3]` (or images `[batch, H, W, 3]`) in [-1, 1]."""
+  """`generate` on frames `[batch, frames, H, W, 3]` (or images `[batch, H, W, 3]`): uint8 pixels
+  (normalised with the model's `image_mean` / `image_std`) or normalised floats."""
   _, caption_tokens = model.apply({"params": params}, frames, method="encode_visual")
   return generate(model, params, caption_tokens, **kwargs)
 

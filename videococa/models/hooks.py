@@ -4,7 +4,7 @@ A token adapter is a flax Module class registered with `@register_token_adapter(
 `config.model.token_adapter = dict(name=NAME, **kwargs)` the CoCa model builds
 `cls(patch_size=, ln_eps=, dtype=, **kwargs)` as its submodule `adapter`, calls it as
 `adapter(input_tokens, frames)` on the ViT's input tokens `[batch, frames, tokens, width]` (patch +
-position embeddings) and the clip `[batch, frames, H, W, 3]` in [-1, 1], and adds the result
+position embeddings) and the normalised clip `[batch, frames, H, W, 3]`, and adds the result
 `[batch, frames, tokens, width]` to the ViT's output tokens before the poolers. An adapter whose
 output starts at zero keeps a converted image model exact at initialisation.
 """

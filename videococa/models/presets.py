@@ -42,7 +42,14 @@ def coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, i
       remat_policy="none",
       ln_eps=1e-6,
       mlp_act="gelu",
+      image_mean=(0.5, 0.5, 0.5),  # Pixels in [0, 1] -> [-1, 1].
+      image_std=(0.5, 0.5, 0.5),
   ))
+
+
+# open_clip's default pixel normalisation (OPENAI_DATASET_MEAN / _STD, of [0, 1] RGB pixels).
+CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def openclip_coca(*, embed_dim: int, image_size: int, patch_size: int, vision_width: int,
@@ -111,7 +118,8 @@ def _openclip_vision(image_size: int, patch_size: int, width: int, depth: int, h
 def _openclip_common(mlp_act: str) -> dict:
   return dict(tie_embedding=False, vocab_bias=False, temperature_init=0.07,
               temperature_range=(0.01, 1.0), dtype="float32", attention_impl="auto",
-              remat_policy="none", ln_eps=1e-5, mlp_act=mlp_act)
+              remat_policy="none", ln_eps=1e-5, mlp_act=mlp_act, image_mean=CLIP_IMAGE_MEAN,
+              image_std=CLIP_IMAGE_STD)
 
 
 PRESETS = {

@@ -26,6 +26,7 @@ import jax
 from absl import app, flags, logging
 
 from videococa import cli, config_utils, errors, extensions
+from videococa.data import clip_bpe
 from videococa.models import coca
 from videococa.tools import openclip
 from videococa.train import checkpoint, trainer
@@ -37,9 +38,8 @@ def from_open_clip(model: str, checkpoint_path: str, out: str) -> None:
   if os.path.exists(out) and os.listdir(out):
     raise errors.ExistingPathError(f"--out={out} exists and is not empty; pass a new directory.")
   params = openclip.to_videococa(openclip.load_state_dict(checkpoint_path), config)
-  meta = dict(model_name="coca", model=config.to_dict(),
-              source=f"open_clip {model} {os.path.abspath(checkpoint_path)}",
-              image_normalization=openclip.image_normalization(model))
+  meta = dict(model_name="coca", model=config.to_dict(), tokenizer=clip_bpe.NAME,
+              source=f"open_clip {model} {os.path.abspath(checkpoint_path)}")
   checkpoint.save_params(out, params, meta)
   logging.info("Wrote the params of open_clip %s to %s.", model, out)
 

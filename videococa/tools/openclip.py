@@ -14,10 +14,12 @@ Correspondence (per layer, our scanned parameters stack open_clip's layers on ax
   LayerNorm weight / bias              <-> scale / bias
 Parameters named in the same layout (embeddings, `proj`, `text_projection`) are copied as they are.
 
-What the weights do not carry: open_clip models expect images in [0, 1] normalised with
-`image_normalization(model)` (written to the converted checkpoint's meta), and text from open_clip's
-CLIP BPE tokenizer (start 49406, end 49407, padding 0) padded to the full context length: our CoCa
-CLS token always uses the last position row, where open_clip puts it only for full-length input.
+What the weights do not carry: open_clip models expect pixels normalised with a mean and std
+(CLIP's, or a config .json's 'preprocess_cfg'), which our config holds as `image_mean` /
+`image_std` (the model applies them to uint8 frames), and text from open_clip's CLIP BPE tokenizer
+(`config.input.tokenizer='clip_bpe'`; start 49406, end 49407, padding 0) padded to the full context
+length: our CoCa CLS token always uses the last position row, where open_clip puts it only for
+full-length input.
 """
 from __future__ import annotations
 
@@ -42,10 +44,6 @@ OPENCLIP_PRESETS = {
     "ViT-B-32": "openclip_vit_b32",
     "ViT-B-16": "openclip_vit_b16",
 }
-
-# open_clip's default image normalisation (OPENAI_DATASET_MEAN / _STD), used by all these models.
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Per kind of parameter: (axis permutation taking the open_clip array to ours or None, the shape of
 # our array with the axes open_clip merges merged). Ours = open_clip.transpose(perm).reshape(ours).
@@ -81,21 +79,17 @@ def get_config(model: str) -> ml_collections.ConfigDict:
   """Our model config for an open_clip model name (`OPENCLIP_PRESETS`) or open_clip config .json.
 
   The .json is an open_clip model config (`open_clip/model_configs/*.json`) or an
-  `open_clip_config.json` holding one under 'model_cfg'.
+  `open_clip_config.json` holding one under 'model_cfg'. Its 'preprocess_cfg' mean / std, if any,
+  replace CLIP's as `image_mean` / `image_std`.
   """
   if model in OPENCLIP_PRESETS:
     return presets.get(OPENCLIP_PRESETS[model])
   cfg = _read_config_json(model)
-  return config_from_openclip(cfg.get("model_cfg", cfg))
-
-
-def image_normalization(model: str) -> dict[str, list[float]]:
-  """The per-channel `{'mean': [r, g, b], 'std': [r, g, b]}` open_clip's `model` expects images
-  (in [0, 1]) to be normalised with: a config .json's 'preprocess_cfg', else open_clip's default."""
-  cfg = {} if model in OPENCLIP_PRESETS else _read_config_json(model)
+  config = config_from_openclip(cfg.get("model_cfg", cfg))
   preprocess = cfg.get("preprocess_cfg") or cfg.get("model_cfg", {}).get("preprocess_cfg", {})
-  return dict(mean=list(preprocess.get("mean", IMAGE_MEAN)),
-              std=list(preprocess.get("std", IMAGE_STD)))
+  config.image_mean = tuple(preprocess.get("mean", config.image_mean))
+  config.image_std = tuple(preprocess.get("std", config.image_std))
+  return config
 
 
 def _read_config_json(model: str) -> dict:
@@ -390,12 +384,12 @@ def _layer_keys(entry: _Entry, shape) -> list[str]:
 
 
 def _to_numpy(x) -> np.ndarray:
-  """torch tensors and arrays -> numpy; floats as float32 (an exact widening from 16 bits)."""
+  """torch tensors and (jax / numpy) arrays -> numpy; floats as float32 (exact from 16 bits)."""
   if hasattr(x, "detach"):  # A torch tensor; bfloat16 has no numpy counterpart.
     x = x.detach().cpu()
     x = (x.float() if x.is_floating_point() else x).numpy()
-  x = np.asarray(x)
-  return x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x
+  x = np.asarray(x)  # bfloat16 (from safetensors' jax reader) is not a numpy floating subtype.
+  return x.astype(np.float32, copy=False) if jax.dtypes.issubdtype(x.dtype, np.floating) else x
 
 
 def _listing(title: str, items: Iterable[str]) -> str:
@@ -485,8 +479,20 @@ def check_state_dict_path(path: str) -> None:
                     f"{STATE_DICT_SUFFIXES}.")
 
 
+def _import_torch(path: str):
+  """torch, needed only for the pickled formats; a one-line error without it."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"{path}: reading or writing .pt/.pth/.bin files needs PyTorch (`pip install "
+                    "torch`); .safetensors files (open_clip_model.safetensors on the Hugging "
+                    "Face hub) need no torch.") from None
+  return torch
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """open_clip weights from a .pt/.pth/.bin (torch.load, weights only) or .safetensors file.
+  """open_clip weights from a .safetensors file (read without torch) or a .pt/.pth/.bin file
+  (torch.load, weights only; needs PyTorch).
 
   Accepts a bare state_dict or a training checkpoint dict holding one under 'state_dict', with or
   without DistributedDataParallel's 'module.' prefix. Floats come back as float32.
@@ -494,12 +500,12 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   check_state_dict_path(path)
   if not os.path.isfile(path):
     raise MissingPathError(f"open_clip checkpoint {path} does not exist.")
-  import torch  # pylint: disable=g-import-not-at-top  (torch: only for the converter)
   if path.endswith(".safetensors"):
-    from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
+    # The flax reader: numpy has no bfloat16, jax does.
+    from safetensors.flax import load_file  # pylint: disable=g-import-not-at-top
     state = load_file(path)
   else:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _import_torch(path).load(path, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "state_dict" in state:
       state = state["state_dict"]
   if not isinstance(state, Mapping):
@@ -510,12 +516,13 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def save_state_dict(state: Mapping[str, np.ndarray], path: str) -> None:
-  """Writes a state_dict of arrays as torch tensors to a .pt/.pth/.bin or .safetensors file."""
+  """Writes a state_dict of arrays to a .safetensors file (without torch) or, as torch tensors, to
+  a .pt/.pth/.bin file (needs PyTorch)."""
   check_state_dict_path(path)
-  import torch  # pylint: disable=g-import-not-at-top  (torch: only for the converter)
-  tensors = {k: torch.from_numpy(np.require(v, requirements=("C", "W"))) for k, v in state.items()}
+  arrays = {k: np.require(v, requirements=("C", "W")) for k, v in state.items()}
   if path.endswith(".safetensors"):
-    from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
-    save_file(tensors, path)
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    save_file(arrays, path)
   else:
-    torch.save(tensors, path)
+    torch = _import_torch(path)
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)

@@ -189,6 +189,26 @@ def save_params(directory: str, params: PyTree, meta: dict) -> None:
     ckpt.save(0, {"params": params}, meta, force=True)
 
 
+def read_meta(path: str, step: int | None = None) -> dict:
+  """The JSON meta of checkpoint `step` (latest if None) of a training workdir, checkpoint root or
+  `save_params` directory, without reading any array."""
+  root = os.path.abspath(_checkpoint_root(path))
+  if not os.path.isdir(root):
+    raise MissingPathError(f"No checkpoint directory at {path}; pass a training --workdir, its "
+                           "checkpoints/ folder, or a directory written by "
+                           "videococa.tools.convert.")
+  manager = ocp.CheckpointManager(root, item_handlers={"meta": ocp.JsonCheckpointHandler()})
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps or (step is not None and step not in steps):
+      raise MissingPathError(f"No checkpoint {'' if step is None else f'for step {step} '}in "
+                             f"{root} (available steps: {steps}).")
+    step = steps[-1] if step is None else step
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    manager.close()
+
+
 def load_params(path: str, step: int | None = None,
                 sharding: jax.sharding.Sharding | None = None) -> tuple[PyTree, dict]:
   """Reads only `params` (and the meta) of a training workdir, checkpoint root or `save_params`

@@ -116,7 +116,8 @@ def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]
     module = trainer_lib.load_model_module(config.model_name)
     params, report = module.load(jax.device_get(state.params), config.init_from, config.model,
                                  dont_load=tuple(config.get("init_dont_load", ())))
-    state = trainer.init_state(params=params)
+    # On the host: the checkpoint's arrays were read onto one device, the state spans the mesh.
+    state = trainer.init_state(params=jax.device_get(params))
     console(f"Initialised from {config.init_from}: {len(report['copied'])} parameters copied, "
             f"{len(report['resized'])} resized, {len(report['new'])} new, "
             f"{len(report['not_loaded'])} not loaded (config.init_dont_load), "
@@ -194,6 +195,9 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
                        mininterval=0.5 if sys.stderr.isatty() else 30)
   pending, previous, metrics = [], None, {}
   tick, tick_step, step = time.perf_counter(), start, start
+  # What `config_utils.init_from_checkpoint` reads to start another recipe from this run.
+  model_meta = dict(model_name=config.model_name, model=config.model.to_dict(),
+                    tokenizer=config.input.get("tokenizer"))
   for step in range(start + 1, config.total_steps + 1):
     batch = next(batches)
     if optim.stage_of(config, step) != trainer.stage:  # E.g. frozen -> fine-tuning.
@@ -216,7 +220,7 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
     if due:
       progress.clear()
       evaluators.run_all(due, state.params, step, writer, workdir)
-    meta = dict(step=step, global_batch=config.input.batch_size, seed=config.seed)
+    meta = dict(step=step, global_batch=config.input.batch_size, seed=config.seed, **model_meta)
     preempted = preemption.should_stop(step)
     ckpt.save(step, state, meta, force=preempted or step == config.total_steps)
     if preempted:

@@ -71,8 +71,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """Frames in [-1, 1] (`coca.to_unit_range`) and the text input tokens of a batch."""
-  return coca.to_unit_range(batch["frames"]), batch["text"][:, :-1]
+  """The frames (uint8: the model normalises them) and the text input tokens of a batch."""
+  return batch["frames"], batch["text"][:, :-1]
 
 
 def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:

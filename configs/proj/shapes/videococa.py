@@ -87,6 +87,8 @@ def get_config(arg=None):
                       baseline_captions_from=dict(SHAPES_VIDEO, split="train")),
   )
   _VIDEOCOCA.apply_video_options(config, arg)
+  if arg.init:  # The image model's tokenizer (its model config is the shapes one above).
+    config_utils.init_from_checkpoint(config, arg.init, model=False)
   if arg.fresh_text:  # LiT's setting: the text tower trained from scratch.
     config.init_dont_load = (r"^token_embedding/", r"^text_encoder/", r"^text_proj/")
   config.optimizer.update(lr=1e-3, warmup_steps=60, decay="cosine")
