@@ -49,6 +49,8 @@ def get_config(arg=None):
   config.keep_checkpoints = 3
   config.max_consecutive_nonfinite = 10
   config.peak_tflops = 0.0  # 0: look the accelerator up in trainer.PEAK_TFLOPS.
+  config.profile_steps = ""  # 'FIRST,LAST': a JAX profiler trace of those steps -> WORKDIR/profile.
+  config.compilation_cache_dir = ""  # A directory: JAX's persistent compilation cache (opt-in).
 
   if arg.variant == "tiny":
     config.model.dtype = "float32"

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 
 import jax
@@ -17,6 +18,7 @@ import pytest
 
 import ft_helpers
 from ft_helpers import TOTAL_STEPS
+from videococa import errors
 from videococa.data import inputs
 from videococa.train import checkpoint, loop as train, sharding, trainer as trainer_lib
 
@@ -176,6 +178,32 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_checkpoint_intact(
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
 
 
+def test_the_step_loop_syncs_with_the_host_only_at_log_steps(tmp_path, monkeypatch):
+  """Between log steps the host never waits for the device (one `device_get` per log interval),
+  and a run of non-finite steps still stops within one log interval, before that interval's
+  checkpoint is written."""
+  real_batches, real_get = inputs.random_batches, jax.device_get
+  calls = []
+
+  def poisoned(config, rows, start_step):  # The batches of steps >= 5 hold a NaN.
+    for step, batch in enumerate(real_batches(config, rows, start_step), start_step + 1):
+      yield _float_frames(batch, nan=step >= 5)
+
+  def counting_get(tree):
+    if sys._getframe(1).f_globals["__name__"] == train.__name__:  # pylint: disable=protected-access
+      calls.append(len(jax.tree.leaves(tree)))
+    return real_get(tree)
+
+  monkeypatch.setattr(inputs, "random_batches", poisoned)
+  monkeypatch.setattr(jax, "device_get", counting_get)
+  with pytest.raises(train.NonFiniteError, match="^Stopping at step 7: 3 consecutive steps"):
+    ft_helpers.run_in_process(tmp_path, max_consecutive_nonfinite=3, log_every=4, **ONE_DEVICE)
+  # The start step (once, before the loop), then log steps 4 and 8 (the error is raised at 8).
+  assert len(calls) == 3 and calls[0] == 1  # Per-step transfers would make it 11.
+  assert ft_helpers.checkpoint_steps(tmp_path) == [4]
+  assert sorted(ft_helpers.records(tmp_path)) == [4, 8]
+
+
 # ----------------------------------------------------------------------------- Resharding.
 @pytest.mark.parametrize("mesh", [{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2},
                                   {"mesh.data": 1}], ids=["2x2x2", "1_device"])
@@ -187,3 +215,23 @@ def test_checkpoint_of_mesh_8x1x1_restores_onto_another_mesh_and_training_contin
   ft_helpers.assert_same_records(ft_helpers.records(tmp_path), ft_helpers.records(reference_run),
                                  range(9, TOTAL_STEPS + 1), rtol=1e-5, atol=1e-6)
   assert os.path.isdir(tmp_path / "checkpoints" / str(TOTAL_STEPS))
+
+
+@pytest.mark.slow
+def test_profile_steps_and_compilation_cache(tmp_path):
+  """`profile_steps='2,3'` writes a profiler trace (an XPlane protobuf holding the step's
+  computations); `compilation_cache_dir` fills JAX's persistent cache. Bad specs are one line."""
+  cache = tmp_path / "cache"
+  previous = jax.config.jax_compilation_cache_dir
+  try:
+    ft_helpers.run_in_process(tmp_path / "run", total_steps=4, profile_steps="2,3",
+                              compilation_cache_dir=str(cache), **ONE_DEVICE)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", previous)
+  traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and b"_train_step" in traces[0].read_bytes()
+  assert any(cache.iterdir())
+  for spec in ("3", "0,2", "5,4", "a,b"):
+    with pytest.raises(errors.UserError, match=r"config.profile_steps=.*FIRST,LAST"):
+      ft_helpers.run_in_process(tmp_path / "bad", profile_steps=spec, **ONE_DEVICE)
+  assert not (tmp_path / "bad").exists()

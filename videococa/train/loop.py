@@ -82,18 +82,18 @@ class PreemptionSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _log_step(writer, progress, step, pending, elapsed, steps, trainer, config):
-  """Averages the metrics of the last `steps` steps (one device->host transfer) and writes them."""
-  history = jax.device_get(pending)
+def _log_step(writer, progress, step, history, elapsed, steps, trainer, config):
+  """Averages the metrics `history` (on the host) of the last `steps` steps and writes them."""
   metrics = {k: float(np.mean([m[k] for m in history])) for k in history[-1]}
   metrics["step_time_s"] = elapsed / steps
   metrics["samples_per_s"] = config.input.batch_size * steps / elapsed
   flops = trainer.flops_per_step()
   if flops:
-    metrics["tflops_per_s_per_device"] = flops / metrics["step_time_s"] / 1e12
+    metrics["tflops_per_s_per_device"] = flops["model"] / metrics["step_time_s"] / 1e12
     peak = trainer_lib.peak_flops_per_device(config)
     if peak:
-      metrics["mfu"] = flops / metrics["step_time_s"] / peak
+      metrics["mfu"] = flops["model"] / metrics["step_time_s"] / peak
+      metrics["hfu"] = flops["hardware"] / metrics["step_time_s"] / peak
   writer.write(step, metrics)
   progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
   return metrics
@@ -134,6 +134,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `resumed` (bool), `preempted` (bool) and the last logged `metrics`.
   """
   extensions.load(config)
+  if config.get("compilation_cache_dir"):  # Opt-in: reuses compiled steps across restarts.
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+  profile = _profile_steps(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.local_batch_size(config.input.batch_size, mesh)  # Fails early on a bad batch size.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -150,13 +153,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start >= config.total_steps:
       console(f"Step {start} >= config.total_steps={config.total_steps}: nothing to do.")
       return summary
-    summary.update(_train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir))
+    summary.update(_train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir,
+                               profile))
     return summary
   finally:
     preemption.restore()
     ckpt.close()  # Waits for the checkpoint being written (async) before the process exits.
     if writer is not None:
       writer.close()
+
+
+def _profile_steps(config) -> tuple[int, int] | None:
+  """`config.profile_steps='a,b'`: trace steps a..b (1 <= a <= b) with the JAX profiler."""
+  spec = str(config.get("profile_steps") or "").strip()
+  if not spec:
+    return None
+  try:
+    first, last = (int(x) for x in spec.split(","))
+  except ValueError:
+    first = last = 0
+  if not 1 <= first <= last:
+    raise errors.UserError(f"config.profile_steps={spec!r}: give 'FIRST,LAST' steps with "
+                           "1 <= FIRST <= LAST, e.g. '10,15'.")
+  return first, last
 
 
 def _compile(trainer, batch) -> None:
@@ -183,8 +202,10 @@ def _check_nonfinite(step: int, streak, total, config, ckpt) -> None:
         "the learning rate or check the data, then re-run to resume from it.")
 
 
-def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir) -> dict:
-  """Steps from `start` to `config.total_steps`, logging and checkpointing; see `train`."""
+def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir,
+                profile=None) -> dict:
+  """Steps from `start` to `config.total_steps`, logging and checkpointing; see `train`.
+  `profile` = (first, last): a profiler trace of those steps in `workdir/profile/`."""
   evals = evaluators.build_all(config, model=trainer.model, mesh=trainer.mesh, workdir=workdir)
   batches = inputs.make_train_iterator(config, trainer.mesh, start, workdir)
   first = next(batches)
@@ -193,7 +214,7 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
   progress = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
                        disable=jax.process_index() != 0, dynamic_ncols=True,
                        mininterval=0.5 if sys.stderr.isatty() else 30)
-  pending, previous, metrics = [], None, {}
+  pending, metrics = [], {}
   tick, tick_step, step = time.perf_counter(), start, start
   # What `config_utils.init_from_checkpoint` reads to start another recipe from this run.
   model_meta = dict(model_name=config.model_name, model=config.model.to_dict(),
@@ -204,17 +225,24 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
       trainer = trainer_lib.Trainer(config, trainer.mesh, optim.stage_of(config, step))
       state = trainer.continue_from(state)
       _compile(trainer, batch)
+    if profile and step == profile[0]:
+      jax.profiler.start_trace(os.path.join(workdir, "profile"))
     state, step_metrics = trainer.step(state, batch)
+    if profile and step == profile[1]:
+      jax.block_until_ready(step_metrics)
+      jax.profiler.stop_trace()
+      console(f"Profiled steps {profile[0]}-{profile[1]}: {os.path.join(workdir, 'profile')}.")
     pending.append(step_metrics)
-    # Lagged check of the previous step's skip streak: that step is done, so this never stalls.
-    if previous is not None:
-      _check_nonfinite(step - 1, *jax.device_get(previous), config, ckpt)
-    previous = (step_metrics["nonfinite_streak"], step_metrics["nonfinite_steps"])
     progress.update(1)
     if step % config.log_every == 0 or step == config.total_steps:
-      now = time.perf_counter()
-      metrics = _log_step(writer, progress, step, pending, now - tick, step - tick_step, trainer,
+      # The loop's only device -> host transfer: between log steps the host dispatches ahead.
+      history = jax.device_get(pending)
+      elapsed = time.perf_counter() - tick  # After the transfer: the interval's steps are done.
+      metrics = _log_step(writer, progress, step, history, elapsed, step - tick_step, trainer,
                           config)
+      for offset, logged in enumerate(history, tick_step + 1):
+        _check_nonfinite(offset, logged["nonfinite_streak"], logged["nonfinite_steps"], config,
+                         ckpt)
       pending, tick, tick_step = [], time.perf_counter(), step
     due = evaluators.due(evals, step, config.total_steps)
     if due:

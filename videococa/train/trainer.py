@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from videococa import extensions
 from videococa.errors import UserError
 from videococa.models import coca
-from videococa.train import losses, optim, sharding
+from videococa.train import flops as flops_lib, losses, optim, sharding
 
 # bf16 dense peak per chip (TFLOP/s), matched against `device_kind`, for MFU.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
@@ -114,6 +114,7 @@ class Trainer:
                                               self.param_shardings, mesh),
         nonfinite_streak=replicated, nonfinite_total=replicated)
     self._compiled_step = None
+    self._flops = None
 
   def mesh_context(self):
     return sharding.use_mesh(self.mesh)
@@ -210,8 +211,10 @@ class Trainer:
     jitted = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
                      out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())),
                      donate_argnums=(0,))
+    abstract_state = self.abstract_state()
     with self.mesh_context():
-      self._compiled_step = jitted.lower(self.abstract_state(), abstract_batch).compile()
+      self._compiled_step = jitted.lower(abstract_state, abstract_batch).compile()
+    self._flops = self.count_flops(batch_shapes)
     return self._compiled_step
 
   def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
@@ -220,8 +223,15 @@ class Trainer:
       self.compile_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})
     return self._compiled_step(state, batch)
 
-  def flops_per_step(self) -> float | None:
-    """XLA's FLOP estimate of the compiled step, per device."""
+  def flops_per_step(self) -> dict[str, float] | None:
+    """FLOPs of one step per device, counted from the traced program (`videococa.train.flops`):
+    'model' (3x the forward loss's matmuls: MFU's numerator) and 'hardware' (the matmuls the step
+    executes, rematerialisation included: HFU's). None before the step is compiled."""
+    return self._flops
+
+  def xla_flops_per_step(self) -> float | None:
+    """XLA's estimate for the compiled step, per device: it counts a `scan` body once, so scanned
+    layers and vocabulary chunks are undercounted (see `videococa.train.flops`)."""
     if self._compiled_step is None:
       return None
     analysis = self._compiled_step.cost_analysis()
@@ -229,3 +239,13 @@ class Trainer:
       analysis = analysis[0] if analysis else {}
     flops = (analysis or {}).get("flops")
     return float(flops) if flops and np.isfinite(flops) and flops > 0 else None
+
+  def count_flops(self, batch_shapes: dict[str, jax.ShapeDtypeStruct]) -> dict[str, float]:
+    """`flops_per_step` for global batches of `batch_shapes`, traced without compiling."""
+    abstract_state = self.abstract_state()
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_shapes.items()}
+    with self.mesh_context():
+      forward = flops_lib.count(self.loss_fn, abstract_state.params, abstract_batch)
+      step = flops_lib.count(self._train_step, abstract_state, abstract_batch)
+    devices = self.mesh.size
+    return dict(model=3 * forward.matmul / devices, hardware=step.matmul / devices)
