@@ -4,6 +4,7 @@
 
 VARIANT  base   CoCa-Base (383M): ViT-B/18 at 288px, 12 + 12 text layers, 64k vocabulary
          large  CoCa-Large (787M): ViT-L/18 at 288px
+         giant  CoCa (2.1B): ViT-g/18 at 288px, 18 + 18 text layers (tied word embeddings)
          tiny   the `coca_tiny` model on random data (tests and smoke runs; no TensorFlow)
 `runlocal` shrinks any variant to a few small steps on this machine.
 
@@ -26,8 +27,9 @@ WD_EXCLUDE = (r"bias$", r"scale$", r"pos_embedding$", r"temporal_embedding$", r"
 
 def get_config(arg=None):
   arg = config_utils.parse_arg(arg, variant="tiny", runlocal=False)
-  if arg.variant not in ("tiny", "base", "large"):
-    raise ValueError(f"configs/coca.py: unknown variant {arg.variant!r}; use tiny, base or large.")
+  if arg.variant not in ("tiny", "base", "large", "giant"):
+    raise ValueError(f"configs/coca.py: unknown variant {arg.variant!r}; use tiny, base, large "
+                     "or giant.")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model_name = "coca"

@@ -69,23 +69,24 @@ def _trainer(spec, compile_step=True, **model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["configs/coca.py:tiny",
-                                  "configs/videococa.py:tiny,video=factorized"])
-def test_counts_match_xla_on_unrolled_layers_and_ignore_scanning(spec, monkeypatch):
+@pytest.mark.parametrize("spec,scanned_too", [("configs/coca.py:tiny", True),
+                                              ("configs/videococa.py:tiny,video=factorized", False)])
+def test_counts_match_xla_on_unrolled_layers_and_ignore_scanning(spec, scanned_too, monkeypatch):
   """With every layer unrolled XLA counts the whole step: ours (matmuls + elementwise) agrees
   within 3% (measured: 0.5% and 0.8%). Scanned, XLA undercounts and ours does not change."""
-  scanned, shapes = _trainer(spec)
-  with scanned.mesh_context():
-    counts = flops.count(scanned._train_step, scanned.abstract_state(), shapes)  # pylint: disable=protected-access
   original = nn.scan
   monkeypatch.setattr(nn, "scan", lambda *a, **k: original(*a, **{**k, "unroll": True}))
-  unrolled, _ = _trainer(spec)
+  unrolled, shapes = _trainer(spec)
+  with unrolled.mesh_context():
+    counts = flops.count(unrolled._train_step, unrolled.abstract_state(), shapes)  # pylint: disable=protected-access
   xla = unrolled.xla_flops_per_step()
-  print(f"\n{spec}: ours {counts.total:.4g}, XLA unrolled {xla:.4g}, XLA scanned "
-        f"{scanned.xla_flops_per_step():.4g}")
+  print(f"\n{spec}: ours {counts.total:.4g}, XLA unrolled {xla:.4g}")
   assert abs(counts.total / xla - 1) < 0.03
-  assert scanned.xla_flops_per_step() < 0.9 * xla
-  assert unrolled.flops_per_step() == scanned.flops_per_step()
+  if scanned_too:
+    monkeypatch.setattr(nn, "scan", original)
+    scanned, _ = _trainer(spec)
+    assert scanned.xla_flops_per_step() < 0.9 * xla
+    assert scanned.flops_per_step() == unrolled.flops_per_step()
 
 
 def test_model_flops_are_3x_the_forward_and_hardware_flops_include_remat():

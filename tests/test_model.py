@@ -30,12 +30,16 @@ def _num_params(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("name,expected", [("coca_base", 383e6), ("coca_large", 787e6)])
+@pytest.mark.parametrize("name,expected", [("coca_base", 383e6), ("coca_large", 787e6),
+                                           ("coca_giant", 2.1e9)])
 def test_paper_sizes_parameter_count(name, expected):
   cfg = presets.get(name)
   model = coca.Model(**cfg)
   shapes = jax.eval_shape(model.init, jax.random.key(0), *map(jnp.asarray, _inputs(cfg, 1)))
   assert abs(_num_params(shapes) - expected) / expected < 0.02
+  if name == "coca_giant":  # Its image encoder is the paper's 1B, its decoder 1.1B (tied).
+    vision = _num_params(shapes["params"]["visual"])
+    assert abs(vision - 1.0e9) / 1.0e9 < 0.03, vision
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))

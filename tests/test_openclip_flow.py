@@ -1,7 +1,8 @@
 """The whole path from open_clip weights to video numbers, as a user runs it (README "From open_clip
 weights"): synthetic mp4s -> ingest; a reduced-size open_clip CoCa with random weights -> convert ->
 zero-shot evaluation (retrieval, classification, captioning) -> inflate and fine-tune 5 steps ->
-evaluate again. Every stage is the command-line tool, run as a subprocess."""
+evaluate again. convert, the first evaluation and training are the command-line tools, run as
+subprocesses; ingestion and the last evaluation run in this process (to keep the test short)."""
 import json
 import os
 import subprocess
@@ -16,7 +17,9 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
 from videococa import config_utils  # noqa: E402
+from videococa.data import ingest  # noqa: E402
 from videococa.models import presets  # noqa: E402
+from videococa.tools import evaluate  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An open_clip CoCa config small enough for a CPU test, with CLIP's full vocabulary (the CLIP BPE
@@ -72,10 +75,8 @@ def test_open_clip_weights_to_video_numbers(tmp_path):
       for split in ("train", "test"):
         rows.append(f"{name},a {color} square moving {direction},moving {direction},{split}")
   (tmp_path / "annotations.csv").write_text("video,caption,label,split\n" + "\n".join(rows))
-  data = tmp_path / "my_videos"
-  _run("videococa.data.ingest", "video", f"--videos={videos}",
-       f"--annotations={tmp_path / 'annotations.csv'}", f"--out={data}", "--name=my_videos",
-       "--num_frames=8")
+  data = tmp_path / "my_videos"  # The ingest command line has its own tests (test_ingest.py).
+  ingest.ingest_videos(videos, tmp_path / "annotations.csv", data, "my_videos", num_frames=8)
   assert (data / "class_names.txt").read_text() == "moving left\nmoving right\n"
 
   # The "downloaded" open_clip checkpoint: a random-weight CoCa saved by open_clip's code.
@@ -105,6 +106,7 @@ def test_open_clip_weights_to_video_numbers(tmp_path):
     losses = [m["loss"] for m in map(json.loads, f) if "loss" in m]
   assert losses and all(np.isfinite(losses)), losses
 
-  _run("videococa.tools.evaluate", f"--workdir={workdir}",
-       f"--config=configs/zeroshot.py:ckpt={workdir},msrvtt={data},kinetics={data},runlocal")
+  # In this process (the evaluate command ran above): the fine-tuned VideoCoCa, from its workdir.
+  evaluate.evaluate(config_utils.load_config(
+      f"configs/zeroshot.py:ckpt={workdir},msrvtt={data},kinetics={data},runlocal"), str(workdir))
   _check_zero_shot(workdir)

@@ -14,8 +14,8 @@ from videococa.errors import UserError
 def coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, image_size: int,
          patch_size: int, vocab_size: int, max_len: int, num_queries: int, embed_dim: int,
          text_width: int | None = None, text_mlp_dim: int | None = None,
-         text_heads: int | None = None, pooler_positions: str = "none"
-         ) -> ml_collections.ConfigDict:
+         text_heads: int | None = None, pooler_positions: str = "none",
+         tie_embedding: bool = False) -> ml_collections.ConfigDict:
   """CoCa with the paper's layout (cascade poolers, exact CLS mask); sizes as arguments."""
   text_width = text_width or width
   text_mlp_dim = text_mlp_dim or mlp_dim
@@ -33,7 +33,7 @@ def coca(*, width: int, depth: int, mlp_dim: int, heads: int, text_depth: int, i
                 pad_id=0, cls_mask="exact"),
       decoder=dict(depth=text_depth, mlp_dim=text_mlp_dim, num_heads=text_heads,
                    layout=("self_attn", "cross_attn", "mlp")),
-      tie_embedding=False,
+      tie_embedding=tie_embedding,
       vocab_bias=False,
       temperature_init=0.07,
       temperature_range=(0.01, 1.0),
@@ -135,6 +135,13 @@ PRESETS = {
     "coca_large": lambda: coca(width=1024, depth=24, mlp_dim=4096, heads=16, text_depth=12,
                                image_size=288, patch_size=18, vocab_size=64_000, max_len=64,
                                num_queries=256, embed_dim=1024),
+    # CoCa (the paper's 2.1B): ViT-g/18 (40 layers, width 1408, MLP 6144) at 288px, 18 + 18
+    # decoder layers with MLP 5632. Input and output word embeddings are tied: the paper's decoder
+    # count (1.1B) fits a tied table (-1%); untied, the decoder alone is 7% over.
+    "coca_giant": lambda: coca(width=1408, depth=40, mlp_dim=6144, heads=16, text_depth=18,
+                               text_mlp_dim=5632, image_size=288, patch_size=18,
+                               vocab_size=64_000, max_len=64, num_queries=256, embed_dim=1408,
+                               tie_embedding=True),
     # open_clip's model_configs/coca_ViT-B-32.json (attn_pooler_heads from its vision_cfg).
     "openclip_coca_vit_b32": lambda: openclip_coca(
         embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_depth=12,
