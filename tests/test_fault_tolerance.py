@@ -204,6 +204,42 @@ def test_the_step_loop_syncs_with_the_host_only_at_log_steps(tmp_path, monkeypat
   assert sorted(ft_helpers.records(tmp_path)) == [4, 8]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["state/d/*", "state/manifest.ocdbt",
+                                    "state/_METADATA", "meta/metadata"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path,
+                                                                    victim, capsys):
+  """One file of the newest checkpoint (12) removed: the run warns, moves it aside to
+  12.damaged, resumes from 8 and ends bit-identical to the uninterrupted run."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  files = sorted((workdir / "checkpoints" / "12").glob(victim))
+  assert files, victim
+  files[0].unlink()
+  ft_helpers.run_in_process(workdir)
+  out = capsys.readouterr().out
+  assert "warning: checkpoint 12 cannot be restored (" in out
+  assert "Resuming from the checkpoint at step 8" in out
+  assert (workdir / "checkpoints" / "12.damaged").is_dir()
+  assert ft_helpers.checkpoint_steps(workdir) == [4, 8, 12]
+  ft_helpers.assert_same_records(ft_helpers.records(workdir), ft_helpers.records(reference_run),
+                                 range(1, 13))
+  ours, _ = checkpoint.load_params(str(workdir), 12)
+  want, _ = checkpoint.load_params(str(reference_run), 12)
+  for a, b in zip(jax.tree.leaves(jax.device_get(ours)), jax.tree.leaves(jax.device_get(want))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_no_restorable_checkpoint_is_one_error(tmp_path):
+  """Every checkpoint damaged: one UserError naming them; nothing is deleted."""
+  workdir = tmp_path / "run"
+  ft_helpers.run_in_process(workdir, total_steps=4, **ONE_DEVICE)
+  (workdir / "checkpoints" / "4" / "meta" / "metadata").unlink()
+  with pytest.raises(errors.UserError, match=r"No checkpoint in .* restores \(damaged: \[4\]"):
+    ft_helpers.run_in_process(workdir, total_steps=8, **ONE_DEVICE)
+  assert (workdir / "checkpoints" / "4.damaged" / "state").is_dir()
+
+
 # ----------------------------------------------------------------------------- Resharding.
 @pytest.mark.parametrize("mesh", [{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2},
                                   {"mesh.data": 1}], ids=["2x2x2", "1_device"])

@@ -35,6 +35,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -159,6 +160,48 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
+
+  def restore_latest_intact(self, abstract_state: PyTree) -> tuple[int, PyTree, dict] | None:
+    """`(step, state, meta)` of the newest checkpoint that restores; None without checkpoints.
+
+    A checkpoint that fails to restore (a missing or corrupt array file, metadata or manifest) is
+    moved aside to `<step>.damaged` (never deleted) with a warning naming the reason, and the one
+    before it is tried. A checkpoint of another model is not damage: its `UserError` propagates.
+    Raises `UserError` when checkpoints exist but none restores. Must be called on all processes.
+    """
+    damaged = []
+    for step in reversed(self.all_steps()):
+      try:
+        state, meta = self.restore(step, abstract_state)
+        return step, state, meta
+      except UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # Any read failure is damage.
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        aside = self._move_aside(step)
+        logging.warning("Checkpoint %d in %s cannot be restored (%s); moved to %s, trying the "
+                        "previous one.", step, self.directory, reason, aside)
+        print(f"warning: checkpoint {step} cannot be restored ({reason}); moved to {aside}, "
+              "resuming from the previous one.", flush=True)
+        damaged.append(step)
+    if damaged:
+      raise UserError(f"No checkpoint in {self.directory} restores (damaged: {damaged}, moved to "
+                      "<step>.damaged); delete the workdir's checkpoints/ to start over, or "
+                      "restore them from a backup.")
+    return None
+
+  def _move_aside(self, step: int):
+    """Renames checkpoint `step` to `<step>.damaged` (or `.damaged-N`); returns the new path."""
+    source = self.directory / str(step)
+    target, n = self.directory / f"{step}.damaged", 1
+    while target.exists():
+      n += 1
+      target = self.directory / f"{step}.damaged-{n}"
+    if jax.process_index() == 0:
+      source.rename(target)
+    multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    self._manager.reload()
+    return target
 
   def wait_until_finished(self) -> None:
     """Blocks until the save in flight (if any) is committed; re-raises its error if it failed."""

@@ -101,10 +101,10 @@ def _log_step(writer, progress, step, history, elapsed, steps, trainer, config):
 
 def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]:
   """The latest checkpoint if there is one, else a fresh state (from `config.init_from` if set)."""
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, _ = ckpt.restore(latest, trainer.abstract_state())
-    console(f"Resuming from the checkpoint at step {latest} in {ckpt.directory}.")
+  restored = ckpt.restore_latest_intact(trainer.abstract_state())
+  if restored is not None:
+    step, state, _ = restored
+    console(f"Resuming from the checkpoint at step {step} in {ckpt.directory}.")
     return state, True
   init_from = config.get("init_from")
   if init_from and "://" not in init_from and not os.path.exists(os.path.expanduser(init_from)):
