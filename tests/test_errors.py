@@ -15,7 +15,7 @@ import pytest
 import ft_helpers
 from videococa import cli, errors
 from videococa.data import ingest, tokenizer
-from videococa.train import checkpoint, loop as train, sharding, trainer as trainer_lib
+from videococa.train import checkpoint, loop as train, sharding, trainer as trainer_lib, validate
 
 ROOT = ft_helpers.ROOT
 
@@ -102,22 +102,22 @@ def test_unknown_config_key_message():
 def test_bad_config_values_fail_before_compiling(tmp_path):
   config = ft_helpers.config(**{"model.vision.patch_size": 7})
   with pytest.raises(errors.UserError, match=r"config.model.vision.image_size=32 is not divisible "
-                     r"by config.model.vision.patch_size=7: change one of them \(e.g. "
-                     r"--config.model.vision.image_size=28\)"):
-    trainer_lib.check_config(config)
+                     r"by config.model.vision.patch_size=7 \(patches tile the image\); e.g. "
+                     r"--config.model.vision.patch_size=4"):
+    validate.validate(config)
   with pytest.raises(errors.UserError, match="patch_size=7"):
     train.train(config, str(tmp_path))
   video = ft_helpers.config(**{"input.num_frames": 8})
   video.model.video = dict(variant="joint_space_time", num_frames=4)
   with pytest.raises(errors.UserError, match=r"config.input.num_frames=8 exceeds "
                      r"config.model.video.num_frames=4"):
-    trainer_lib.check_config(video)
+    validate.validate(video)
   with pytest.raises(errors.UserError, match=r"config.input.batch_size=12 is not a positive "
                      r"multiple of the data-parallel size 8"):
     train.train(ft_helpers.config(**{"input.batch_size": 12}), str(tmp_path))
   with pytest.raises(errors.UserError, match=r"needs 16 devices but 8 are available"):
     sharding.make_mesh(dict(data=16))
-  assert not os.path.exists(tmp_path / "checkpoints" / "0")
+  assert not os.path.exists(tmp_path / "checkpoints")  # Nothing created by a bad config.
 
 
 def test_missing_paths(tmp_path):

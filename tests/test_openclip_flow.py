@@ -100,8 +100,7 @@ def test_open_clip_weights_to_video_numbers(tmp_path):
   assert tuple(config.model.image_std) == presets.CLIP_IMAGE_STD
   assert config.model.video.variant == "attentional_pooler" and config.input.num_frames == 8
   workdir = tmp_path / "finetuned"
-  _run("videococa.train", f"--config={recipe}", "--config.total_steps=5",
-       "--config.checkpoint_every=5", f"--workdir={workdir}")
+  _run("videococa.train", f"--config={recipe}", "--config.total_steps=5", f"--workdir={workdir}")
   with open(workdir / "metrics.jsonl") as f:
     losses = [m["loss"] for m in map(json.loads, f) if "loss" in m]
   assert losses and all(np.isfinite(losses)), losses

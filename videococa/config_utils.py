@@ -36,7 +36,7 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, batch_size: int = 8)
   config.input.batch_size = batch_size
   config.total_steps = 10
   config.log_every = 2
-  config.checkpoint_every = 5
+  config.checkpoint_every = 4
   config.optimizer.warmup_steps = 2
 
 

@@ -57,6 +57,9 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
                       bias_init=logical(nn.initializers.zeros, ("norm",)))
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
 def resolve_attention_impl(impl: str, dtype: Dtype) -> str:
   """'auto' -> cuDNN fused attention on GPU for 16-bit compute, XLA otherwise."""
   if impl != "auto":

@@ -24,6 +24,7 @@ from videococa import cli, errors, evaluators, extensions
 from videococa.evaluators import metrics
 from videococa.models import coca
 from videococa.train import checkpoint, distributed, loop as train, metric_writer, sharding
+from videococa.train import validate
 from videococa.train import trainer as trainer_lib
 
 
@@ -73,6 +74,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
     raise errors.UserError("config.evals is empty: add evaluators (see "
                            "videococa/evaluators/__init__.py).")
   extensions.load(config)
+  validate.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   model = trainer_lib.load_model_module(config.model_name).Model(**config.model)
   evals = evaluators.build_all(config, model=model, mesh=mesh, workdir=workdir)

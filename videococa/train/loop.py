@@ -33,7 +33,7 @@ from ml_collections import config_flags
 
 from videococa import errors, evaluators, extensions
 from videococa.data import inputs
-from videococa.train import checkpoint, distributed, metric_writer, optim, sharding
+from videococa.train import checkpoint, distributed, metric_writer, optim, sharding, validate
 from videococa.train import trainer as trainer_lib
 from videococa.train.metric_writer import console
 
@@ -134,6 +134,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `resumed` (bool), `preempted` (bool) and the last logged `metrics`.
   """
   extensions.load(config)
+  validate.validate(config)  # Before anything is created: the workdir, the checkpointer.
   if config.get("compilation_cache_dir"):  # Opt-in: reuses compiled steps across restarts.
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   profile = _profile_steps(config)

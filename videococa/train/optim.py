@@ -26,6 +26,10 @@ from videococa.errors import UserError
 from videococa.train import sharding
 
 
+OPTIMIZERS = ("adamw", "adafactor")
+DECAYS = ("cosine", "linear", "constant")
+
+
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to `cfg.lr` over `cfg.warmup_steps`, then 'cosine' / 'linear' decay to
   `cfg.lr * cfg.end_factor` at `total_steps`, or 'constant'."""
@@ -39,7 +43,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   elif cfg.decay == "constant":
     decay = optax.constant_schedule(cfg.lr)
   else:
-    raise UserError(f"config.optimizer.decay={cfg.decay!r}; choose 'cosine', 'linear' or 'constant'.")
+    raise UserError(f"config.optimizer.decay={cfg.decay!r}; choose one of {DECAYS}.")
   if not warmup:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
@@ -69,7 +73,7 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
         optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
         optax.scale_by_learning_rate(schedule),
     )
-  raise UserError(f"config.optimizer.name={cfg.name!r}; choose 'adamw' or 'adafactor'.")
+  raise UserError(f"config.optimizer.name={cfg.name!r}; choose one of {OPTIMIZERS}.")
 
 
 FROZEN_PATTERNS = {

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from videococa import extensions
 from videococa.errors import UserError
 from videococa.models import coca
-from videococa.train import flops as flops_lib, losses, optim, sharding
+from videococa.train import flops as flops_lib, losses, optim, sharding, validate
 
 # bf16 dense peak per chip (TFLOP/s), matched against `device_kind`, for MFU.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
@@ -46,30 +46,6 @@ def load_model_module(name: str):
     raise UserError(f"config.model_name={name!r}: no module videococa/models/{name}.py.") from e
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Config values the model cannot be built for, found before anything is traced or compiled."""
-  vision = config.model.get("vision") or {}
-  size, patch = vision.get("image_size"), vision.get("patch_size")
-  if size is not None and patch is not None and (patch < 1 or size % patch):
-    raise UserError(
-        f"config.model.vision.image_size={size} is not divisible by config.model.vision.patch_size"
-        f"={patch}: change one of them (e.g. --config.model.vision.image_size="
-        f"{max(patch, 1) * max(size // max(patch, 1), 1)}).")
-  frames = config.input.get("num_frames", 1)
-  if not isinstance(frames, int) or frames < 1:
-    raise UserError(f"config.input.num_frames={frames!r} must be a positive integer.")
-  video = config.model.get("video") or {}
-  table = video.get("num_frames")
-  variant = video.get("variant", "attentional_pooler")
-  temporal = (variant in ("joint_space_time", "factorized")
-              or (variant == "attentional_pooler" and video.get("temporal_embedding")))
-  if video and temporal and table is not None and frames > table:
-    raise UserError(
-        f"config.input.num_frames={frames} exceeds config.model.video.num_frames={table} (the "
-        f"length of the temporal embedding of the {variant!r} variant): raise "
-        f"config.model.video.num_frames or lower config.input.num_frames.")
-
-
 def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
   """The frames (uint8: the model normalises them) and the text input tokens of a batch."""
   return batch["frames"], batch["text"][:, :-1]
@@ -91,14 +67,19 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, stage: int = 0):
     extensions.load(config)
-    check_config(config)
+    validate.validate(config)
     self.config = config
     self.mesh = mesh
     self.model = load_model_module(config.model_name).Model(**config.model)
     self._dummy = coca.init_inputs(config.model, sharding.data_parallel_size(mesh),
                                    config.input.num_frames)
     with self.mesh_context():
-      boxed = jax.eval_shape(self._init_params, jax.random.key(0))
+      try:
+        boxed = jax.eval_shape(self._init_params, jax.random.key(0))
+      except (ValueError, TypeError) as e:  # A config the model cannot be built for.
+        message = str(e).splitlines()[0]
+        raise UserError(message if message.startswith("config.") else
+                        f"config.model ({config.model_name}): {message}") from None
     self.param_shardings = sharding.logical_shardings(boxed, mesh)
     self.abstract_params = nn.unbox(boxed)
     self.stage = stage

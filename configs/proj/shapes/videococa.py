@@ -98,6 +98,7 @@ def get_config(arg=None):
   if arg.runlocal:
     config.total_steps = 20
     config.log_every = 5
+    config.optimizer.warmup_steps = 5
     for e in config.evals.values():
       e.batch_size = 20
   if arg.mode == "frozen_ft":
