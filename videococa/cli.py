@@ -117,7 +117,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   files that fail to load, which ml_collections would only report at first use)."""
   try:
     rest = flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, SyntaxError) as e:
     exit_with(_flag_error_message(e, argv[1:]))
   if _config_file_flag() and type(flags.FLAGS["config"].value).__name__ == "_ErrorConfig":
     specs = _config_specs(argv[1:])

@@ -47,7 +47,10 @@ def import_config_file(path: str):
   module_spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"{e.filename or path}:{e.lineno}: syntax error: {e.msg}.") from None
   return module
 
 

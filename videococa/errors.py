@@ -31,6 +31,15 @@ def one_line(message: str) -> str:
   return re.sub(r"\s*\n\s*", " ", str(message)).strip()
 
 
+def _close_progress_bars() -> None:
+  """Closes open tqdm bars (if tqdm is in use) so that the error starts on its own line."""
+  tqdm = sys.modules.get("tqdm")
+  for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+    bar.close()
+
+
 def exit_with(message: str, code: int = EXIT_CODE):
+  """Prints `error: <message>` (one line, on a line of its own) to stderr and exits with `code`."""
+  _close_progress_bars()
   print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
   sys.exit(code)

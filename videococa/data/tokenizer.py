@@ -49,7 +49,11 @@ class Tokenizer:
       raise errors.MissingPathError(f"No SentencePiece model at {model_path}: {_TRAIN_HINT}, or "
                                     "pass the path of an existing .model file.")
     self.path = model_path
-    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:
+      raise errors.UserError(f"{model_path} is not a SentencePiece model ({str(e).strip()}): "
+                             f"{_TRAIN_HINT}, or give 'clip_bpe' for CLIP's BPE.") from None
     ids = {"pad": self._sp.pad_id(), "bos": self._sp.bos_id(), "eos": self._sp.eos_id()}
     if ids["pad"] != PAD_ID or ids["bos"] < 0 or ids["eos"] < 0:
       raise errors.UserError(f"SentencePiece model {model_path} has ids {ids} (-1: none), but "

@@ -169,7 +169,7 @@ def config_from_openclip(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
     eos_id = text.get("eos_id", 2) if pool == "eos" else common["vocab_size"] - 1
     config = presets.openclip_clip(**common, eos_id=eos_id)
   if problems:
-    raise ValueError("open_clip config not expressible by videococa's model: "
+    raise UserError("open_clip config not expressible by videococa's model: "
                      + "; ".join(problems))
   return config
 
@@ -229,7 +229,7 @@ def _check_expressible(config) -> None:
   if flat.get("mlp_act") not in ("gelu", "quick_gelu"):
     problems.append(f"model.mlp_act={flat.get('mlp_act')!r} (open_clip: 'gelu' or 'quick_gelu')")
   if problems:
-    raise ValueError("The model config does not compute what open_clip does: "
+    raise UserError("The model config does not compute what open_clip does: "
                      + "; ".join(problems) + ". Use an openclip_* preset or config_from_openclip.")
 
 
@@ -338,7 +338,7 @@ def _correspondence(config):
   extra = ["/".join(p) for p in shapes if p not in mapped]
   lacking = ["/".join(p) for p in mapped if p not in shapes]
   if extra or lacking:
-    raise ValueError(f"The model config's parameters do not correspond to open_clip's: it has "
+    raise UserError(f"The model config's parameters do not correspond to open_clip's: it has "
                      f"{extra} with no open_clip counterpart and lacks {lacking}. Use an "
                      "openclip_* preset or config_from_openclip.")
   return entries, shapes
@@ -403,7 +403,7 @@ def _raise_problems(what: str, mismatched, missing, unused, fix: str) -> None:
       ("shape mismatches", mismatched), ("missing", missing), ("unexpected (not used)", unused))
               if items]
   if sections:
-    raise ValueError(f"{what}:\n" + "\n".join(sections) + f"\n{fix}")
+    raise UserError(f"{what}:\n" + "\n".join(sections) + f"\n{fix}")
 
 
 def to_videococa(state_dict: Mapping[str, Any], model_config) -> dict:
@@ -500,16 +500,24 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   check_state_dict_path(path)
   if not os.path.isfile(path):
     raise MissingPathError(f"open_clip checkpoint {path} does not exist.")
-  if path.endswith(".safetensors"):
-    # The flax reader: numpy has no bfloat16, jax does.
-    from safetensors.flax import load_file  # pylint: disable=g-import-not-at-top
-    state = load_file(path)
-  else:
-    state = _import_torch(path).load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state:
-      state = state["state_dict"]
+  try:
+    if path.endswith(".safetensors"):
+      # The flax reader: numpy has no bfloat16, jax does.
+      from safetensors.flax import load_file  # pylint: disable=g-import-not-at-top
+      state = load_file(path)
+    else:
+      torch = _import_torch(path)
+      state = torch.load(path, map_location="cpu", weights_only=True)
+      if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # Unpickling / header errors.
+    raise UserError(f"{path} cannot be read as open_clip weights ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); give the model's "
+                    ".safetensors or .pt/.bin state_dict file.") from None
   if not isinstance(state, Mapping):
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict.")
+    raise UserError(f"{path} holds a {type(state).__name__}, not a state_dict.")
   if state and all(k.startswith("module.") for k in state):
     state = {k[len("module."):]: v for k, v in state.items()}
   return {k: _to_numpy(v) for k, v in state.items()}

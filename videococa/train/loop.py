@@ -138,6 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.get("compilation_cache_dir"):  # Opt-in: reuses compiled steps across restarts.
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   profile = _profile_steps(config)
+  _check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.local_batch_size(config.input.batch_size, mesh)  # Fails early on a bad batch size.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -162,6 +163,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()  # Waits for the checkpoint being written (async) before the process exits.
     if writer is not None:
       writer.close()
+
+
+def _check_workdir(workdir: str) -> None:
+  """Creates a local `workdir` and checks that files can be written into it."""
+  if "://" in workdir:  # Object stores: orbax and the writers report their own errors.
+    return
+  probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise errors.UserError(f"--workdir={workdir} cannot be created or written ({e.strerror}: "
+                           f"{e.filename}); pick a writable directory.") from None
 
 
 def _profile_steps(config) -> tuple[int, int] | None:
