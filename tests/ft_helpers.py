@@ -130,3 +130,18 @@ def checkpoint_steps(workdir) -> list[int]:
   """Committed checkpoint steps (orbax's `<step>/` directories) of `workdir`."""
   root = pathlib.Path(workdir) / "checkpoints"
   return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+def tensorboard_steps(workdir, tag: str = "train/loss") -> list[int]:
+  """Steps of `tag` that TensorBoard shows for `workdir`, in file order, honouring purges: a
+  SessionLog START at step s (tensorboardX's `purge_step`) hides earlier events of steps >= s."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  steps = []
+  for path in sorted(pathlib.Path(workdir, "tensorboard").glob("events.out.tfevents*")):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        steps = [s for s in steps if s < event.step]
+      for value in event.summary.value:
+        if value.tag == tag:
+          steps.append(int(event.step))
+  return steps

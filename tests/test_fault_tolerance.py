@@ -83,6 +83,9 @@ def test_kill9_at_random_moments_then_resume_is_bit_exact(reference_run, tmp_pat
   got = ft_helpers.records(workdir)  # Fails on duplicated steps (the re-run's are replaced).
   assert sorted(got) == list(ALL_STEPS), f"seed {seed}"
   ft_helpers.assert_same_records(got, want, ALL_STEPS)
+  # TensorBoard shows every logged step exactly once, in order (no gaps from the kills).
+  assert ft_helpers.tensorboard_steps(workdir) == list(ALL_STEPS), f"seed {seed}"
+  assert all(p.stat().st_size for p in (workdir / "tensorboard").iterdir())
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_exits_0(reference_run, tmp_path):
@@ -176,6 +179,25 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_checkpoint_intact(
     state, meta = ckpt.restore(None, trainer.abstract_state())
   assert meta["step"] == 4 and int(state.step) == 4 and int(state.nonfinite_total) == 0
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_a_preemption_between_log_steps_logs_the_same_averages(tmp_path, monkeypatch):
+  """Preempted at step 6 with log_every=4: the resumed run's step-8 record averages steps 5-8,
+  bit for bit the uninterrupted run's (the unlogged steps 5-6 travel in the checkpoint meta)."""
+  overrides = dict(log_every=4, **ONE_DEVICE)
+  ft_helpers.run_in_process(tmp_path / "reference", **overrides)
+  stop_at = {"step": 6}
+  real = train.PreemptionSignal.should_stop
+  monkeypatch.setattr(train.PreemptionSignal, "should_stop",
+                      lambda self, step: step == stop_at["step"] or real(self, step))
+  summary = ft_helpers.run_in_process(tmp_path / "run", **overrides)
+  assert summary["preempted"] and summary["end_step"] == 6
+  assert ft_helpers.checkpoint_steps(tmp_path / "run") == [4, 6]
+  stop_at["step"] = None
+  ft_helpers.run_in_process(tmp_path / "run", **overrides)
+  got, want = (ft_helpers.records(tmp_path / name) for name in ("run", "reference"))
+  assert sorted(got) == sorted(want) == [4, 8, 12]
+  ft_helpers.assert_same_records(got, want, [4, 8, 12])
 
 
 def test_the_step_loop_syncs_with_the_host_only_at_log_steps(tmp_path, monkeypatch):

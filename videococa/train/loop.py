@@ -84,7 +84,10 @@ class PreemptionSignal:
 
 def _log_step(writer, progress, step, history, elapsed, steps, trainer, config):
   """Averages the metrics `history` (on the host) of the last `steps` steps and writes them."""
-  metrics = {k: float(np.mean([m[k] for m in history])) for k in history[-1]}
+  # In float64: the same value whether a step's metric is a float32 array or (carried over a
+  # preemption in the checkpoint meta) a Python float.
+  metrics = {k: float(np.mean(np.asarray([m[k] for m in history], np.float64)))
+             for k in history[-1]}
   metrics["step_time_s"] = elapsed / steps
   metrics["samples_per_s"] = config.input.batch_size * steps / elapsed
   flops = trainer.flops_per_step()
@@ -99,13 +102,14 @@ def _log_step(writer, progress, step, history, elapsed, steps, trainer, config):
   return metrics
 
 
-def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]:
-  """The latest checkpoint if there is one, else a fresh state (from `config.init_from` if set)."""
+def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool, dict]:
+  """The latest checkpoint if there is one, else a fresh state (from `config.init_from` if set);
+  whether it resumed, and the checkpoint's meta ({} for a fresh state)."""
   restored = ckpt.restore_latest_intact(trainer.abstract_state())
   if restored is not None:
-    step, state, _ = restored
+    step, state, meta = restored
     console(f"Resuming from the checkpoint at step {step} in {ckpt.directory}.")
-    return state, True
+    return state, True, meta
   init_from = config.get("init_from")
   if init_from and "://" not in init_from and not os.path.exists(os.path.expanduser(init_from)):
     raise errors.MissingPathError(
@@ -124,7 +128,7 @@ def _initial_state(config, trainer, ckpt) -> tuple[trainer_lib.TrainState, bool]
             f"{len(report['unused'])} unused.")
   else:
     console(f"Starting from scratch: no checkpoint in {ckpt.directory}.")
-  return state, False
+  return state, False, {}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -148,7 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   preemption = PreemptionSignal()
   try:
     trainer = trainer_lib.Trainer(config, mesh, optim.stage_of(config, ckpt.latest_step() or 0))
-    state, resumed = _initial_state(config, trainer, ckpt)
+    state, resumed, meta = _initial_state(config, trainer, ckpt)
     start = int(jax.device_get(state.step))
     writer = metric_writer.MetricWriter(workdir, resumed_step=start)
     summary = dict(start_step=start, end_step=start, resumed=resumed, preempted=False, metrics={})
@@ -156,13 +160,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       console(f"Step {start} >= config.total_steps={config.total_steps}: nothing to do.")
       return summary
     summary.update(_train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir,
-                               profile))
+                               profile, meta.get(UNLOGGED_KEY, [])))
     return summary
   finally:
     preemption.restore()
     ckpt.close()  # Waits for the checkpoint being written (async) before the process exits.
     if writer is not None:
       writer.close()
+
+
+# Checkpoint meta key: per-step metrics of the steps since the last log step (preemption only).
+UNLOGGED_KEY = "unlogged_metrics"
 
 
 def _check_workdir(workdir: str) -> None:
@@ -220,9 +228,11 @@ def _check_nonfinite(step: int, streak, total, config, ckpt) -> None:
 
 
 def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir,
-                profile=None) -> dict:
+                profile=None, unlogged=()) -> dict:
   """Steps from `start` to `config.total_steps`, logging and checkpointing; see `train`.
-  `profile` = (first, last): a profiler trace of those steps in `workdir/profile/`."""
+  `profile` = (first, last): a profiler trace of those steps in `workdir/profile/`. `unlogged`:
+  the per-step metrics of the steps before `start` that a preempted run had not logged yet (its
+  checkpoint's meta), averaged into the first log step as an uninterrupted run would."""
   evals = evaluators.build_all(config, model=trainer.model, mesh=trainer.mesh, workdir=workdir)
   batches = inputs.make_train_iterator(config, trainer.mesh, start, workdir)
   first = next(batches)
@@ -231,7 +241,7 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
   progress = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
                        disable=jax.process_index() != 0, dynamic_ncols=True,
                        mininterval=0.5 if sys.stderr.isatty() else 30)
-  pending, metrics = [], {}
+  pending, metrics, preempted = list(unlogged), {}, False
   tick, tick_step, step = time.perf_counter(), start, start
   # What `config_utils.init_from_checkpoint` reads to start another recipe from this run.
   model_meta = dict(model_name=config.model_name, model=config.model.to_dict(),
@@ -257,7 +267,7 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
       elapsed = time.perf_counter() - tick  # After the transfer: the interval's steps are done.
       metrics = _log_step(writer, progress, step, history, elapsed, step - tick_step, trainer,
                           config)
-      for offset, logged in enumerate(history, tick_step + 1):
+      for offset, logged in enumerate(history, step - len(history) + 1):
         _check_nonfinite(offset, logged["nonfinite_streak"], logged["nonfinite_steps"], config,
                          ckpt)
       pending, tick, tick_step = [], time.perf_counter(), step
@@ -267,12 +277,14 @@ def _train_loop(config, trainer, state, start, ckpt, writer, preemption, workdir
       evaluators.run_all(due, state.params, step, writer, workdir)
     meta = dict(step=step, global_batch=config.input.batch_size, seed=config.seed, **model_meta)
     preempted = preemption.should_stop(step)
+    if preempted and pending:  # Carried into the resumed run's first log step.
+      meta[UNLOGGED_KEY] = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
     ckpt.save(step, state, meta, force=preempted or step == config.total_steps)
     if preempted:
       console(f"Preempted: checkpoint at step {step} written; exiting.")
       break
   progress.close()
-  return dict(end_step=step, preempted=preemption.requested, metrics=metrics)
+  return dict(end_step=step, preempted=preempted, metrics=metrics)
 
 
 def main(argv):

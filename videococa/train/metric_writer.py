@@ -40,6 +40,7 @@ class MetricWriter:
       purge_step = None
       if resumed_step is not None and drop_records_after(self.jsonl_path, resumed_step):
         purge_step = resumed_step + 1
+      _remove_empty_event_files(self.tensorboard_dir)
       self._tb = SummaryWriter(self.tensorboard_dir, purge_step=purge_step)
       self._jsonl = open(self.jsonl_path, "a")
 
@@ -50,6 +51,8 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
     for name, value in scalars.items():
       self._tb.add_scalar(f"{prefix}/{name}", value, step)
+    # On disk before the checkpoint of this step: a run killed later keeps every logged point.
+    self._tb.flush()
     self._jsonl.write(json.dumps({**scalars, "step": step, "prefix": prefix}) + "\n")
     self._jsonl.flush()
     console(f"[{prefix} step {step}] " +
@@ -65,6 +68,16 @@ class MetricWriter:
       self._tb.close()
       self._jsonl.close()
       self.active = False
+
+
+def _remove_empty_event_files(directory: str) -> None:
+  """Deletes 0-byte TensorBoard event files (left by runs killed before their first flush)."""
+  if not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    path = os.path.join(directory, name)
+    if name.startswith("events.out.tfevents") and os.path.getsize(path) == 0:
+      os.remove(path)
 
 
 def drop_records_after(path: str, step: int) -> int:
