@@ -13,6 +13,7 @@ import sys
 import time
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
@@ -255,10 +256,11 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference_ru
 def test_no_restorable_checkpoint_is_one_error(tmp_path):
   """Every checkpoint damaged: one UserError naming them; nothing is deleted."""
   workdir = tmp_path / "run"
-  ft_helpers.run_in_process(workdir, total_steps=4, **ONE_DEVICE)
+  short = {"total_steps": 4, "optimizer.warmup_steps": 1, **ONE_DEVICE}
+  ft_helpers.run_in_process(workdir, **short)
   (workdir / "checkpoints" / "4" / "meta" / "metadata").unlink()
   with pytest.raises(errors.UserError, match=r"No checkpoint in .* restores \(damaged: \[4\]"):
-    ft_helpers.run_in_process(workdir, total_steps=8, **ONE_DEVICE)
+    ft_helpers.run_in_process(workdir, **{**short, "total_steps": 8})
   assert (workdir / "checkpoints" / "4.damaged" / "state").is_dir()
 
 
@@ -283,9 +285,11 @@ def test_profile_steps_and_compilation_cache(tmp_path):
   previous = jax.config.jax_compilation_cache_dir
   try:
     ft_helpers.run_in_process(tmp_path / "run", total_steps=4, profile_steps="2,3",
+                              **{"optimizer.warmup_steps": 1},
                               compilation_cache_dir=str(cache), **ONE_DEVICE)
-  finally:
-    jax.config.update("jax_compilation_cache_dir", previous)
+  finally:  # Back to the session's cache.
+    compilation_cache.set_cache_dir(previous)
+    compilation_cache.reset_cache()
   traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
   assert len(traces) == 1 and b"_train_step" in traces[0].read_bytes()
   assert any(cache.iterdir())

@@ -82,6 +82,7 @@ def test_training_on_random_input_needs_no_tensorflow(tmp_path):
       "from videococa.train import loop as train",
       "config = config_utils.load_config('configs/coca.py:tiny')",
       "config.update(total_steps=4, checkpoint_every=2, log_every=2, mesh=dict(data=1))",
+      "config.optimizer.warmup_steps = 1",
       f"summary = train.train(config, {str(tmp_path)!r})",
       "assert summary['end_step'] == 4, summary",
   ])

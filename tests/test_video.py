@@ -229,6 +229,7 @@ def _train_config(mode, **overrides):
   config.input.batch_size = 8
   config.mesh = dict(data=1)
   config.training_mode = mode
+  config.optimizer.warmup_steps = 1
   config.update(overrides)
   return config
 

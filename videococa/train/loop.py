@@ -24,6 +24,7 @@ import sys
 import time
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import numpy as np
 import tqdm
@@ -140,7 +141,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   extensions.load(config)
   validate.validate(config)  # Before anything is created: the workdir, the checkpointer.
   if config.get("compilation_cache_dir"):  # Opt-in: reuses compiled steps across restarts.
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    compilation_cache.set_cache_dir(config.compilation_cache_dir)
+    compilation_cache.reset_cache()  # Opened at the next compile, even if one was open.
   profile = _profile_steps(config)
   _check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
