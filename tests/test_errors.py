@@ -203,3 +203,13 @@ def test_dataset_errors(image_dataset, tmp_path):
   np.testing.assert_array_equal(  # The good dataset still reads the same.
       next(pipeline.make_train_iterator(_tfds_config(data_dir, tok), 2, 0, str(tmp_path)))["text"],
       next(pipeline.make_train_iterator(_tfds_config(data_dir, tok), 2, 0, str(tmp_path)))["text"])
+
+
+def test_error_line_starts_on_its_own_line_after_a_progress_bar():
+  code = ("import tqdm, sys; bar = tqdm.tqdm(total=10, file=sys.stderr); bar.update(3); "
+          "from videococa import errors; errors.exit_with('config.x=1 must be >= 2.')")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 2
+  assert "\nerror: config.x=1 must be >= 2.\n" in result.stderr.replace("\r", "\n")
+  assert result.stderr.rstrip("\n").splitlines()[-1] == "error: config.x=1 must be >= 2."
