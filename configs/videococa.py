@@ -89,9 +89,8 @@ def get_config(arg=None):
     config.checkpoint_every = 2000 if arg.variant == "videocc3m" else 500
     # Zero-shot evaluation on ingested benchmarks: configs/zeroshot.py (or add entries here).
     config.evals = {}
-    if arg.runlocal:
-      config.input.batch_size = 8
-      config.total_steps = 10
+    if arg.runlocal:  # Again: the schedule above replaced the image config's shrunk one.
+      config_utils.shrink_for_local_run(config)
   if arg.mode == "frozen_ft":
     config.frozen_ft_boundary = config.total_steps // 4
   return config

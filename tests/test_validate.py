@@ -99,6 +99,8 @@ def test_video_relations():
     "configs/coca.py:tiny", "configs/coca.py:base", "configs/coca.py:large",
     "configs/coca.py:giant", "configs/videococa.py:tiny", "configs/videococa.py:videocc3m",
     "configs/videococa.py:finetune,video=factorized,mode=frozen_ft",
+    "configs/videococa.py:finetune,runlocal", "configs/videococa.py:videocc3m,runlocal",
+    "configs/coca.py:base,runlocal",
     "configs/videococa.py:videocc3m,video=joint_space_time,temporal=sincos",
     "configs/proj/shapes/coca_image.py", "configs/proj/shapes/videococa.py",
     "configs/proj/shapes/videococa.py:video=mean_pool,runlocal"])
