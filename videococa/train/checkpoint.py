@@ -232,21 +232,29 @@ def save_params(directory: str, params: PyTree, meta: dict) -> None:
     ckpt.save(0, {"params": params}, meta, force=True)
 
 
-def read_meta(path: str, step: int | None = None) -> dict:
-  """The JSON meta of checkpoint `step` (latest if None) of a training workdir, checkpoint root or
-  `save_params` directory, without reading any array."""
+def _open_existing(path: str, step: int | None, item_handlers: dict
+                   ) -> tuple[str, Any, int]:
+  """(root, a read-only manager on it, the step to read: `step` or the latest) for a training
+  workdir, checkpoint root or `save_params` directory; MissingPathError if there is none."""
   root = os.path.abspath(_checkpoint_root(path))
   if not os.path.isdir(root):
     raise MissingPathError(f"No checkpoint directory at {path}; pass a training --workdir, its "
                            "checkpoints/ folder, or a directory written by "
                            "videococa.tools.convert.")
-  manager = ocp.CheckpointManager(root, item_handlers={"meta": ocp.JsonCheckpointHandler()})
+  manager = ocp.CheckpointManager(root, item_handlers=item_handlers)
+  steps = sorted(manager.all_steps())
+  if not steps or (step is not None and step not in steps):
+    manager.close()
+    raise MissingPathError(f"No checkpoint {'' if step is None else f'for step {step} '}in "
+                           f"{root} (available steps: {steps}).")
+  return root, manager, steps[-1] if step is None else step
+
+
+def read_meta(path: str, step: int | None = None) -> dict:
+  """The JSON meta of checkpoint `step` (latest if None) of a training workdir, checkpoint root or
+  `save_params` directory, without reading any array."""
+  _, manager, step = _open_existing(path, step, {"meta": ocp.JsonCheckpointHandler()})
   try:
-    steps = sorted(manager.all_steps())
-    if not steps or (step is not None and step not in steps):
-      raise MissingPathError(f"No checkpoint {'' if step is None else f'for step {step} '}in "
-                             f"{root} (available steps: {steps}).")
-    step = steps[-1] if step is None else step
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   finally:
     manager.close()
@@ -256,19 +264,9 @@ def load_params(path: str, step: int | None = None,
                 sharding: jax.sharding.Sharding | None = None) -> tuple[PyTree, dict]:
   """Reads only `params` (and the meta) of a training workdir, checkpoint root or `save_params`
   directory; the optimizer state is not read. Arrays land on `sharding` (default: first device)."""
-  root = os.path.abspath(_checkpoint_root(path))
-  if not os.path.isdir(root):
-    raise MissingPathError(f"No checkpoint directory at {path}; pass a training --workdir, its "
-                           "checkpoints/ folder, or a directory written by "
-                           "videococa.tools.convert.")
-  manager = ocp.CheckpointManager(root, item_handlers={
+  root, manager, step = _open_existing(path, step, {
       "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
   try:
-    steps = sorted(manager.all_steps())
-    if not steps or (step is not None and step not in steps):
-      raise MissingPathError(f"No checkpoint {'' if step is None else f'for step {step} '}in "
-                             f"{root} (available steps: {steps}).")
-    step = steps[-1] if step is None else step
     tree = manager.item_metadata(step)["state"].tree
     if "params" not in tree:
       raise UserError(f"Checkpoint {root} step {step} holds no 'params'.")
